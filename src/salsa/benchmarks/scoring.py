@@ -1,0 +1,139 @@
+"""MT-Bench single-answer grading scores, and the reward win rate against the SFT baseline.
+
+MT-Bench (as FastChat's gen_judgment.py / show_result.py):
+  * the rating is the first ``[[x]]`` in the judge's reply, else the first ``[x]``; no match
+    (or an API error) gives -1, and -1 ratings are left out of every mean;
+  * turn-1 and turn-2 means, the overall mean over all valid ratings of both turns, and
+    per-category means (over both turns).
+
+Reward win rate (UltraFeedback-style, ``reward_win_rate``): per prompt, the model's reward
+against the baseline's; hard = mean of 1[win] + 0.5*1[tie], soft = mean sigmoid(r_m - r_b),
+each with a seeded paired bootstrap 95% percentile interval.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+import numpy as np
+
+ONE_SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+ONE_SCORE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+FAILED_RATING = -1
+
+
+def parse_rating(judgment: str | None) -> float:
+    """The judge's 1-10 rating, or -1 when the reply has none."""
+    if not judgment:
+        return FAILED_RATING
+    match = ONE_SCORE.search(judgment) or ONE_SCORE_BACKUP.search(judgment)
+    return float(match.group(1)) if match else FAILED_RATING
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def mt_bench_table(records: Iterable[dict], categories: dict | None = None) -> dict[str, dict]:
+    """Per model: turn1, turn2, score (overall), n_valid, n_failed, categories {name: mean}.
+
+    ``categories`` maps question_id -> category for judgment files that do not carry it.
+    """
+    by_model: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        model, score = record["model"], float(record["score"])
+        if score == FAILED_RATING:
+            by_model[model]["failed"].append(record)
+            continue
+        turn = int(record.get("turn", 1))
+        by_model[model][f"turn{turn}"].append(score)
+        by_model[model]["all"].append(score)
+        category = record.get("category") or (categories or {}).get(record.get("question_id"))
+        if category:
+            by_model[model][f"cat:{category}"].append(score)
+    table = {}
+    for model, groups in sorted(by_model.items()):
+        row = {"score": _mean(groups["all"]), "turn1": _mean(groups["turn1"]),
+               "n_valid": len(groups["all"]), "n_failed": len(groups["failed"])}
+        if groups["turn2"]:
+            row["turn2"] = _mean(groups["turn2"])
+        row["categories"] = {key[4:]: _mean(v) for key, v in sorted(groups.items()) if key.startswith("cat:")}
+        table[model] = row
+    return table
+
+
+def metric_name(text: str) -> str:
+    """A column-safe metric suffix: lower case, non-alphanumerics -> '_'."""
+    return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
+
+
+def mt_bench_metrics(records: list[dict], model: str | None = None) -> dict[str, float]:
+    """Flat ``mtbench_*`` metrics of one model (the only one in the records unless named)."""
+    table = mt_bench_table(records)
+    if not table:
+        return {"mtbench_score": float("nan"), "mtbench_turn1": float("nan"), "mtbench_n_valid": 0,
+                "mtbench_n_failed": 0}
+    model = model or next(iter(table))
+    row = table[model]
+    metrics = {"mtbench_score": row["score"], "mtbench_turn1": row["turn1"]}
+    if "turn2" in row:
+        metrics["mtbench_turn2"] = row["turn2"]
+    metrics.update({f"mtbench_cat_{metric_name(c)}": v for c, v in row["categories"].items()})
+    metrics.update(mtbench_n_valid=row["n_valid"], mtbench_n_failed=row["n_failed"])
+    return metrics
+
+
+def format_mt_bench_table(table: dict[str, dict]) -> str:
+    def fmt(value) -> str:
+        return "   -  " if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:6.3f}"
+
+    categories = sorted({c for row in table.values() for c in row["categories"]})
+    width = max([len("model"), *map(len, table)])
+    header = f"{'model':<{width}}  turn1   turn2   score   valid failed"
+    lines = [header, "-" * len(header)]
+    for model, row in table.items():
+        lines.append(f"{model:<{width}}  {fmt(row['turn1'])}  {fmt(row.get('turn2'))}  {fmt(row['score'])}  "
+                     f"{row['n_valid']:5d} {row['n_failed']:6d}")
+    if categories:
+        lines += ["", "per category (mean over both turns):"]
+        cat_width = max(map(len, categories))
+        for model, row in table.items():
+            lines.append(f"  {model}")
+            lines += [f"    {c:<{cat_width}}  {fmt(row['categories'].get(c))}" for c in categories]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- reward win rate
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
+
+
+def reward_win_rate(model_scores: Sequence[float], baseline_scores: Sequence[float], n_boot: int = 1000,
+                    seed: int = 0) -> dict[str, float]:
+    """Hard and soft win rates of a model over a baseline on the same prompts, with 95% bootstrap CIs.
+
+    hard: a strictly higher reward wins (1), an equal one ties (1/2); soft: sigmoid(r_m - r_b).
+    The bootstrap resamples prompts (pairs) with replacement, ``n_boot`` times, from
+    ``numpy.random.default_rng(seed)``; the CI is the 2.5th-97.5th percentile. Rates are fractions.
+    """
+    model = np.asarray(model_scores, dtype=float)
+    baseline = np.asarray(baseline_scores, dtype=float)
+    if model.shape != baseline.shape or model.ndim != 1:
+        raise ValueError(f"need two equal-length score lists, got {model.shape} and {baseline.shape}")
+    if model.size == 0:
+        raise ValueError("no scores")
+    if not (np.isfinite(model).all() and np.isfinite(baseline).all()):
+        raise ValueError("scores must be finite")
+    hard = (model > baseline) + 0.5 * (model == baseline)
+    soft = _sigmoid(model - baseline)
+    result = {"hard": float(hard.mean()), "soft": float(soft.mean()), "n": int(model.size), "n_boot": int(n_boot)}
+    if n_boot > 0:
+        rows = np.random.default_rng(seed).integers(0, model.size, size=(n_boot, model.size))
+        for name, values in (("hard", hard), ("soft", soft)):
+            low, high = np.percentile(values[rows].mean(axis=1), [2.5, 97.5])
+            result[f"{name}_ci_low"], result[f"{name}_ci_high"] = float(low), float(high)
+    return result
