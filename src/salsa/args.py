@@ -18,7 +18,9 @@ T = TypeVar("T")
 
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
-    """A dataclass field with help text (lists get a copied default)."""
+    """A dataclass field with help text; no default means a required flag."""
+    if default is dataclasses.MISSING:  # None keeps dataclass inheritance legal
+        return dataclasses.field(default=None, metadata={"help": help, "required": True, **kwargs})
     if isinstance(default, (list, dict)):
         value = default
         return dataclasses.field(default_factory=lambda: list(value) if isinstance(value, list) else dict(value),
@@ -59,8 +61,7 @@ def build_parser(config_cls: type, description: str | None = None) -> argparse.A
         tp, optional = _strip_optional(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "dest": f.name}
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required:
+        if f.metadata.get("required"):
             kwargs["required"] = True
         elif f.default is not dataclasses.MISSING:
             kwargs["default"] = f.default

@@ -48,6 +48,7 @@ class PrepareDataConfig:
     ood_max_len: int = arg(8, help="longest out-of-distribution list")
     p_drop: float = arg(0.12, help="teacher: chance to omit each item (noise scale 1)")
     p_swap: float = arg(0.08, help="teacher: chance to swap each adjacent pair")
+    p_substitute: float = arg(0.05, help="teacher: chance to replace each item with a random number")
     p_insert: float = arg(0.03, help="teacher: chance per item of one spurious insertion")
     extra_penalty: float = arg(1.0, help="gold: cost of each item beyond the target length, relative to a missing one")
     preference_temperature: float = arg(0.1, help="Bradley-Terry temperature of the preference labeller")

@@ -10,7 +10,8 @@ with ``n = len(target)``, so a perfect answer scores 1, an empty one 0, and
 padding an answer with extra items costs as much as leaving items out.
 
 The pieces that make the task a useful RLHF testbed (docs/embedded-task.md):
-* demonstrations come from a *noisy teacher* that mostly drops items, so SFT
+* demonstrations come from a *noisy teacher* that mostly drops items (and
+  sometimes swaps, replaces or inserts one), so SFT
   models sit measurably below the best achievable gold reward;
 * preference labels are sampled from a Bradley-Terry model on the gold reward;
 * because the teacher's errors are mostly omissions, longer answers win most
@@ -46,6 +47,7 @@ class TaskSpec:
     ood_max_len: int = 8
     p_drop: float = 0.12             # teacher noise, per item, at noise scale 1
     p_swap: float = 0.08
+    p_substitute: float = 0.05
     p_insert: float = 0.03
     extra_penalty: float = 1.0
     preference_temperature: float = 0.1
@@ -123,9 +125,11 @@ def gold_reward(prompt: str, response: str, extra_penalty: float = 1.0) -> float
 
 
 def teacher_response(problem: Problem, rng: random.Random, spec: TaskSpec, noise: float = 1.0) -> str:
-    """A noisy demonstration: mostly omissions, some swaps, rare insertions."""
+    """A noisy demonstration: mostly omissions, some swaps and wrong numbers, rare insertions."""
     items = problem.target
     kept = [x for x in items if rng.random() >= min(1.0, spec.p_drop * noise)]
+    kept = [rng.randrange(spec.num_symbols) if rng.random() < min(1.0, spec.p_substitute * noise) else x
+            for x in kept]
     for i in range(len(kept) - 1):
         if rng.random() < min(1.0, spec.p_swap * noise):
             kept[i], kept[i + 1] = kept[i + 1], kept[i]

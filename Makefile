@@ -1,0 +1,31 @@
+# The two commands of the README: `make run` and `make test`.
+# Both create .venv on first use and refresh it when pyproject.toml or constraints.txt change.
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= 2
+# The default install pins the CPU build of torch. With a CUDA torch already in
+# .venv, run e.g. `make run CONSTRAINTS=` so pip keeps it (README, "Real models").
+CONSTRAINTS ?= constraints.txt
+SNAKEMAKE_ARGS ?=
+
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install clean-results
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test,judge,gguf]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+	@echo "Tables: results/toy/tables/summary.md"
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+clean-results:
+	rm -rf results/toy .snakemake

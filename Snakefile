@@ -1,0 +1,28 @@
+# SALSA: RLHF with a model-soup KL reference, compared with a plain SFT reference.
+# data -> base model -> SFT x seeds -> soup -> reward model -> PPO -> evaluate -> tables
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config/config.yaml")
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/models.smk"
+include: "rules/reward.smk"
+include: "rules/ppo.smk"
+include: "rules/evaluate.smk"
+include: "rules/tables.smk"
+
+
+rule all:
+    input:
+        summary_outputs(),
+    default_target: True

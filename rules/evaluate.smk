@@ -1,0 +1,103 @@
+rule evaluate:
+    input:
+        model=lambda w: model_dir(w.model),
+        reference=lambda w: [model_dir(r) for r in [model_reference(w.model)] if r],
+        first_sft=model_dir(first_sft()),
+        reward=result("reward_model"),
+        data=result("data"),
+        src=src("evaluate", "modeling", "generation"),
+    output:
+        directory(result("eval", "{model}")),
+    params:
+        model=lambda w: model_path(w.model),
+        reference=lambda w: model_dir(model_reference(w.model)) if model_reference(w.model) else "",
+        args=cli(config.get("evaluate", {})),
+    threads: THREADS
+    log:
+        result("logs", "eval", "{model}.log"),
+    benchmark:
+        result("benchmarks", "eval", "{model}.tsv")
+    resources:
+        mem_mb=resources_for("evaluate", "mem_mb"),
+        runtime=resources_for("evaluate", "runtime"),
+    conda:
+        "../envs/salsa.yaml"
+    shell:
+        "python -m salsa.evaluate --model {params.model} --reference '{params.reference}'"
+        " --first-sft {input.first_sft} --reward-model {input.reward} --data {input.data} --out {output}"
+        " --threads {threads} {params.args} > {log} 2>&1"
+
+
+def benchmark_setting(benchmark, key, default=None):
+    return config.get("benchmarks", {}).get(benchmark, {}).get(key, default)
+
+
+def benchmark_data(benchmark):
+    """Embedded protocols read the prepared data; the public ones a configured directory."""
+    if benchmark.startswith("embedded_"):
+        return result("data")
+    return benchmark_setting(benchmark, "data_dir", "../shared/benchmarks")
+
+
+rule evaluate_answers:
+    input:
+        model=lambda w: model_dir(w.model),
+        data=lambda w: [result("data")] if w.benchmark.startswith("embedded_") else [],
+        src=src("benchmarks.answer", "benchmarks.answers", "benchmarks.generation"),
+    output:
+        result("bench", "{benchmark}", "{model}", "answers.jsonl"),
+    params:
+        model=lambda w: model_path(w.model),
+        data=lambda w: benchmark_data(w.benchmark),
+        args=lambda w: cli(benchmark_setting(w.benchmark, "answer", {})),
+        seed=config.get("evaluate", {}).get("seed", 0),
+    threads: THREADS
+    log:
+        result("logs", "bench", "{benchmark}", "{model}", "answers.log"),
+    benchmark:
+        result("benchmarks", "bench", "{benchmark}", "{model}", "answers.tsv")
+    resources:
+        mem_mb=resources_for("evaluate", "mem_mb"),
+        runtime=resources_for("evaluate", "runtime"),
+    conda:
+        "../envs/salsa.yaml"
+    shell:
+        "python -m salsa.benchmarks.answer --model {params.model} --benchmark {wildcards.benchmark}"
+        " --data-dir {params.data} --out {output} --seed {params.seed} --threads {threads}"
+        " --progress false {params.args} > {log} 2>&1"
+
+
+def judge_baseline(benchmark):
+    baseline = benchmark_setting(benchmark, "baseline")
+    return [result("bench", benchmark, baseline, "answers.jsonl")] if baseline else []
+
+
+rule evaluate_judge:
+    input:
+        answers=result("bench", "{benchmark}", "{model}", "answers.jsonl"),
+        baseline=lambda w: judge_baseline(w.benchmark),
+        reward=lambda w: [result("reward_model")] if benchmark_setting(w.benchmark, "judge") == "reward" else [],
+        src=src("benchmarks.judge", "benchmarks.scoring", "benchmarks.arena_scoring", "benchmarks.protocols"),
+    output:
+        directory(result("bench", "{benchmark}", "{model}", "judged")),
+    params:
+        judge=lambda w: benchmark_setting(w.benchmark, "judge"),
+        data=lambda w: benchmark_data(w.benchmark),
+        baseline=lambda w: " ".join(f"--baseline-answers {p}" for p in judge_baseline(w.benchmark)),
+        judge_model=lambda w: (f"--judge-model {result('reward_model')}"
+                               if benchmark_setting(w.benchmark, "judge") == "reward" else ""),
+        args=lambda w: cli(benchmark_setting(w.benchmark, "judging", {})),
+        seed=config.get("evaluate", {}).get("seed", 0),
+    log:
+        result("logs", "bench", "{benchmark}", "{model}", "judge.log"),
+    benchmark:
+        result("benchmarks", "bench", "{benchmark}", "{model}", "judge.tsv")
+    resources:
+        mem_mb=resources_for("evaluate", "mem_mb"),
+        runtime=resources_for("evaluate", "runtime"),
+    conda:
+        "../envs/salsa.yaml"
+    shell:
+        "python -m salsa.benchmarks.judge --answers {input.answers} --benchmark {wildcards.benchmark}"
+        " --judge {params.judge} --data-dir {params.data} --out {output} --seed {params.seed}"
+        " {params.baseline} {params.judge_model} {params.args} > {log} 2>&1"

@@ -1,0 +1,68 @@
+rule base_model:
+    input:
+        data=result("data"),
+        src=src("base", "sft", "training", "modeling"),
+    output:
+        directory(result("base_model")),
+    params:
+        args=cli(config["base_model"]),
+    threads: THREADS
+    log:
+        result("logs", "base_model.log"),
+    benchmark:
+        result("benchmarks", "base_model.tsv")
+    resources:
+        mem_mb=resources_for("base_model", "mem_mb"),
+        runtime=resources_for("base_model", "runtime"),
+    conda:
+        "../envs/salsa.yaml"
+    shell:
+        "python -m salsa.base --tokenizer {input.data}/tokenizer --data {input.data}/pretrain"
+        " --out {output} --threads {threads} {params.args} > {log} 2>&1"
+
+
+rule sft:
+    input:
+        data=result("data"),
+        base=result("base_model"),
+        src=src("sft", "training", "modeling"),
+    output:
+        directory(result("sft", "{sft}")),
+    params:
+        model=base_model_path(),
+        args=lambda w: cli(sft_settings(w.sft)),
+    threads: THREADS
+    log:
+        result("logs", "sft", "{sft}.log"),
+    benchmark:
+        result("benchmarks", "sft", "{sft}.tsv")
+    resources:
+        mem_mb=resources_for("sft", "mem_mb"),
+        runtime=resources_for("sft", "runtime"),
+    conda:
+        "../envs/salsa.yaml"
+    shell:
+        "python -m salsa.sft --model {params.model} --data {input.data}/sft --out {output}"
+        " --threads {threads} {params.args} > {log} 2>&1"
+
+
+rule soup:
+    input:
+        ingredients=lambda w: [model_dir(ref) for ref in soup_settings(w.soup)[0]],
+        src=src("soup"),
+    output:
+        directory(result("soup", "{soup}")),
+    params:
+        weights=lambda w: " ".join(map(str, soup_settings(w.soup)[1])),
+    log:
+        result("logs", "soup", "{soup}.log"),
+    benchmark:
+        result("benchmarks", "soup", "{soup}.tsv")
+    resources:
+        mem_mb=resources_for("soup", "mem_mb"),
+        runtime=resources_for("soup", "runtime"),
+    conda:
+        "../envs/salsa.yaml"
+    shell:
+        "python -m salsa.soup --inputs {input.ingredients} --weights {params.weights} --out {output}"
+        " > {log} 2>&1"

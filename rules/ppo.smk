@@ -1,0 +1,25 @@
+rule ppo:
+    input:
+        data=result("data"),
+        policy=lambda w: model_dir(PPO_METHODS[w.method]["init"]),
+        reference=lambda w: model_dir(PPO_METHODS[w.method]["reference"]),
+        reward=result("reward_model"),
+        src=src("ppo", "ppo_math", "training", "modeling", "generation"),
+    output:
+        directory(result("ppo", "{method}", "seed{seed}")),
+    params:
+        args=lambda w: cli(PPO_METHODS[w.method]["params"]),
+    threads: THREADS
+    log:
+        result("logs", "ppo", "{method}", "seed{seed}.log"),
+    benchmark:
+        result("benchmarks", "ppo", "{method}", "seed{seed}.tsv")
+    resources:
+        mem_mb=resources_for("ppo", "mem_mb"),
+        runtime=resources_for("ppo", "runtime"),
+    conda:
+        "../envs/salsa.yaml"
+    shell:
+        "python -m salsa.ppo --policy {input.policy} --reference {input.reference}"
+        " --reward-model {input.reward} --data {input.data} --out {output} --seed {wildcards.seed}"
+        " --threads {threads} {params.args} > {log} 2>&1"

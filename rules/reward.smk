@@ -1,0 +1,23 @@
+rule reward_model:
+    input:
+        data=result("data"),
+        init=model_dir(config["reward_model"]["init"]),
+        policy=model_dir(config["reward_model"].get("normalize_policy", config["reward_model"]["init"])),
+        src=src("reward", "training", "modeling", "generation"),
+    output:
+        directory(result("reward_model")),
+    params:
+        args=cli(config["reward_model"]),
+    threads: THREADS
+    log:
+        result("logs", "reward_model.log"),
+    benchmark:
+        result("benchmarks", "reward_model.tsv")
+    resources:
+        mem_mb=resources_for("reward_model", "mem_mb"),
+        runtime=resources_for("reward_model", "runtime"),
+    conda:
+        "../envs/salsa.yaml"
+    shell:
+        "python -m salsa.reward --model {input.init} --normalize-policy {input.policy} --data {input.data}"
+        " --out {output} --threads {threads} {params.args} > {log} 2>&1"

@@ -1,0 +1,25 @@
+rule tables:
+    input:
+        evals=[result("eval", m) for m in evaluated_models()],
+        runs=[model_dir(r) for r in ppo_run_ids()],
+        judged=[result("bench", b, m, "judged") for b in config.get("benchmarks", {}) for m in evaluated_models()],
+        src=src("tables"),
+    output:
+        summary=report(result("tables", "summary.md"), category="Summary"),
+        csv=report(result("tables", "summary.csv"), category="Summary"),
+        curves=report(result("tables", "ppo_curves.png"), category="Plots",
+                      caption="../docs/report/ppo_curves.rst"),
+        frontier=report(result("tables", "frontier.png"), category="Plots",
+                        caption="../docs/report/frontier.rst"),
+    params:
+        models=evaluated_models(),
+        baseline=config.get("tables", {}).get("baseline", first_sft()),
+        reference_method=config.get("tables", {}).get("reference_method", next(iter(PPO_METHODS))),
+        out=result("tables"),
+    log:
+        result("logs", "tables.log"),
+    conda:
+        "../envs/salsa.yaml"
+    shell:
+        "python -m salsa.tables --results {RESULTS} --models {params.models} --baseline {params.baseline}"
+        " --reference-method {params.reference_method} --out {params.out} > {log} 2>&1"

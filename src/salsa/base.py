@@ -1,0 +1,72 @@
+"""Stage `base_model`: the shared initialisation every SFT run starts from.
+
+For the embedded task this pretrains a tiny Llama (transformers' own class)
+on the task's text, so both SFT runs share one pretrained init - soups only
+make sense from a shared init. For a Hub model it only resolves the name and
+saves nothing but a pointer file, so later stages load it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from salsa import artifacts
+from salsa.args import arg, parse
+from salsa.sft import SFTConfig, train
+
+
+@dataclasses.dataclass
+class BaseModelConfig(SFTConfig):
+    """Pretrain a tiny Llama on the task text (or resolve a Hub model)."""
+
+    model: str = arg("", help="a Hub id or local model to use as the base; empty = train a tiny Llama")
+    tokenizer: str = arg("", help="tokenizer directory for the tiny Llama")
+    hidden_size: int = arg(64, help="tiny Llama: hidden size")
+    num_layers: int = arg(2, help="tiny Llama: transformer layers")
+    num_heads: int = arg(4, help="tiny Llama: attention heads")
+    intermediate_size: int = arg(256, help="tiny Llama: MLP width")
+    max_position_embeddings: int = arg(64, help="tiny Llama: context length")
+    tie_word_embeddings: bool = arg(False, help="tiny Llama: tie input and output embeddings")
+    loss_on_prompt: bool = arg(True, help="pretraining learns the prompts too")
+    lr: float = arg(3e-3, help="peak learning rate")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.model and not self.tokenizer:
+            raise ValueError("--tokenizer is required when no --model is given")
+
+
+def tiny_llama(config: BaseModelConfig, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads, num_key_value_heads=config.num_heads,
+        intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        tie_word_embeddings=config.tie_word_embeddings, attention_dropout=0.0,
+    )
+    return LlamaForCausalLM(llama)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from salsa.modeling import load_tokenizer, resolve_model_path
+
+    config = parse(BaseModelConfig, argv)
+    if config.model:  # a pretrained model: record which one, train nothing
+        with artifacts.atomic_dir(config.out) as tmp:
+            artifacts.write_json(tmp / "base_model.json", {"model": resolve_model_path(config.model)})
+            artifacts.write_metadata(tmp, "base_model", config, config.seed)
+        print(f"base_model: using {config.model}")
+        return
+    artifacts.set_threads(config.threads)
+    artifacts.seed_everything(config.seed)
+    tokenizer = load_tokenizer(config.tokenizer)
+    model = tiny_llama(config, tokenizer)
+    summary = train(config, model, tokenizer, stage="base_model")
+    print(f"base_model: {sum(p.numel() for p in model.parameters())} parameters, "
+          f"final loss {summary['final_loss']:.4f} in {summary['seconds']:.1f}s -> {config.out}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(artifacts.run_main(main))

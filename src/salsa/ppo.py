@@ -1,0 +1,335 @@
+"""Stage `ppo`: PPO against a learned reward with a KL penalty to a reference.
+
+The reference is whatever the config names - an SFT model for plain PPO,
+the soup for SALSA - and it is loaded from that path, never inferred. The
+one shortcut: when the policy trains a LoRA adapter on top of the very
+checkpoint that is also the reference, the reference is that checkpoint
+with the adapter disabled (one copy of the weights in memory).
+
+One update, top to bottom (Huang et al. 2024, "The N implementation
+details of RLHF with PPO", for the choices):
+  1. sample responses to a batch of left-padded prompts (top-k 0, top-p 1);
+  2. truncate after EOS; score with the reward model, normalised; penalise
+     responses without EOS;
+  3. log-probs of policy and reference, values from the value model;
+  4. rewards = -beta * KL per token + score on the last token; GAE; whiten;
+  5. several epochs of clipped policy and value loss over minibatches.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from salsa import artifacts, training
+from salsa.args import arg, parse
+from salsa.generation import Rollout, decode_responses, encode_prompts, sample
+from salsa.modeling import (disable_dropout, load_causal_lm, load_reward_model, load_tokenizer,
+                            response_logprobs, save_model, score_head, sequence_scores, token_scores)
+from salsa.ppo_math import (AdaptiveKLController, FixedKLController, generalized_advantages, kl_per_token,
+                            masked_mean, masked_whiten, policy_loss, token_rewards, value_loss)
+from salsa.reward import load_normalization
+
+
+@dataclasses.dataclass
+class PPOConfig:
+    """PPO with a KL penalty to a configurable reference (SFT model or soup)."""
+
+    policy: str = arg(help="initial policy (model directory or Hub id)")
+    reference: str = arg(help="KL reference (model directory or Hub id)")
+    reward_model: str = arg(help="reward-model directory (with reward_normalization.json)")
+    data: str = arg(help="prepared data directory with ppo_prompts/ (and task.json for the gold reward)")
+    out: str = arg(help="output directory: final policy, metrics.csv, rollouts.jsonl")
+    value_model: str = arg("", help="value-model init (default: the reward model)")
+    seed: int = arg(0, help="prompt order and sampling")
+    updates: int = arg(40, help="PPO updates (each: one rollout batch)")
+    batch_size: int = arg(64, help="prompts per rollout batch")
+    mini_batch_size: int = arg(32, help="rollouts per gradient step")
+    ppo_epochs: int = arg(4, help="passes over each rollout batch")
+    max_new_tokens: int = arg(16, help="response length limit")
+    temperature: float = arg(1.0, help="sampling temperature (log-probs use the same scaling)")
+    lr: float = arg(3e-4, help="learning rate, annealed linearly to zero")
+    adam_eps: float = arg(1e-5, help="Adam epsilon")
+    max_grad_norm: float = arg(1.0, help="gradient clipping")
+    kl_coef: float = arg(0.05, help="beta: weight of the KL penalty (initial value when adaptive)")
+    kl_estimator: str = arg("k1", help="per-token KL estimator in the reward", choices=["k1", "k3"])
+    adaptive_kl: bool = arg(False, help="adapt beta to reach target_kl")
+    target_kl: float = arg(1.0, help="adaptive KL: target sequence KL (nats)")
+    kl_horizon: int = arg(10000, help="adaptive KL: horizon in episodes")
+    gamma: float = arg(1.0, help="discount")
+    lam: float = arg(0.95, help="GAE lambda")
+    cliprange: float = arg(0.2, help="policy ratio clip")
+    cliprange_value: float = arg(0.2, help="value clip")
+    vf_coef: float = arg(0.1, help="value loss weight")
+    whiten_advantages: bool = arg(True, help="whiten advantages per batch")
+    missing_eos_penalty: float = arg(1.0, help="subtracted from the score of a response without EOS")
+    missing_eos_score: float | None = arg(None, help="if set, replaces the score of a response without EOS")
+    oracle_gold: bool = arg(False, help="score with the task's gold reward instead of the reward model (upper bound)")
+    lora_r: int = arg(0, help="LoRA rank for the policy (0 = full fine-tuning)")
+    lora_alpha: int = arg(16, help="LoRA alpha")
+    lora_target_modules: list[str] = arg(["q_proj", "k_proj", "v_proj", "o_proj"], help="modules LoRA adapts")
+    dtype: str = arg("float32", help="weights dtype")
+    mixed_precision: str = arg("no", help="accelerate mixed precision: no, bf16 or fp16")
+    rollout_samples: int = arg(16, help="rollouts written to rollouts.jsonl at the first and last update")
+    checkpoint_every: int = arg(0, help="save a resumable checkpoint every N updates (0 = never)")
+    threads: int = arg(0, help="torch CPU threads (0 = torch default)")
+
+    def validate(self) -> None:
+        if self.batch_size % self.mini_batch_size:
+            raise ValueError("batch_size must be a multiple of mini_batch_size")
+        if self.updates < 1 or self.ppo_epochs < 1:
+            raise ValueError("updates and ppo_epochs must be positive")
+
+
+def same_checkpoint(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b) if os.path.exists(a) and os.path.exists(b) else a == b
+
+
+class Reference:
+    """Reference log-probs: a frozen model, or the policy with its LoRA adapter disabled."""
+
+    def __init__(self, config: PPOConfig, policy, device):
+        self.policy = policy
+        self.uses_disabled_adapter = config.lora_r > 0 and same_checkpoint(config.policy, config.reference)
+        self.model = None
+        if not self.uses_disabled_adapter:
+            self.model = load_causal_lm(config.reference, config.dtype).to(device).eval()
+            disable_dropout(self.model)
+            self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def logprobs(self, ids, mask, query_length, temperature):
+        if self.uses_disabled_adapter:
+            with self.policy.disable_adapter():
+                return response_logprobs(self.policy, ids, mask, query_length, temperature)
+        return response_logprobs(self.model, ids, mask, query_length, temperature)
+
+
+def load_prompts(data: str) -> list[str]:
+    from datasets import load_from_disk
+
+    path = f"{data}/ppo_prompts"
+    try:
+        prompts = list(load_from_disk(path)["prompt"])
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise artifacts.StageError(f"{path}: needs a dataset with a `prompt` column ({err})") from None
+    if not prompts:
+        raise artifacts.StageError(f"{path}: no prompts")
+    return prompts
+
+
+def gold_judge(data: str):
+    """The embedded task's gold reward, or None for data without one."""
+    task_file = Path(data) / "task.json"
+    if not task_file.exists():
+        return None
+    from salsa.task import gold_reward
+
+    penalty = float(artifacts.read_json(task_file).get("extra_penalty", 1.0))
+    return lambda prompt, response: gold_reward(prompt, response, penalty)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse(PPOConfig, argv)
+    artifacts.set_threads(config.threads)
+    artifacts.seed_everything(config.seed)
+    accelerator = training.make_accelerator(config.mixed_precision, config.seed)
+    device = accelerator.device
+    tokenizer = load_tokenizer(config.policy)
+    prompts = load_prompts(config.data)
+    gold = gold_judge(config.data)
+    score_mean, score_std = load_normalization(config.reward_model)
+
+    policy = load_causal_lm(config.policy, config.dtype)
+    disable_dropout(policy)
+    if config.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+        policy = get_peft_model(policy, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                                                   target_modules=list(config.lora_target_modules),
+                                                   task_type="CAUSAL_LM"))
+    value_model = load_reward_model(config.value_model or config.reward_model, config.dtype)
+    disable_dropout(value_model)
+    if not config.value_model:
+        # start the values on the normalised reward's scale (the head has no bias to shift)
+        with torch.no_grad():
+            score_head(value_model).weight.div_(score_std)
+    reward_model = load_reward_model(config.reward_model, config.dtype).to(device).eval()
+    reward_model.requires_grad_(False)
+    reference = Reference(config, policy, device)
+
+    optimizer = torch.optim.AdamW([p for m in (policy, value_model) for p in m.parameters() if p.requires_grad],
+                                  lr=config.lr, eps=config.adam_eps)
+    scheduler = training.linear_schedule(optimizer, config.updates)
+    policy, value_model, optimizer, scheduler = accelerator.prepare(policy, value_model, optimizer, scheduler)
+    kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+                     if config.adaptive_kl else FixedKLController(config.kl_coef))
+    sampler = torch.Generator().manual_seed(config.seed)
+    start = training.try_resume(accelerator, config.out)
+    rows: list[dict] = []
+    if start:
+        state = json.loads((training.resume_dir(config.out) / "step.json").read_text())
+        kl_controller.beta, rows = state["beta"], state["rows"]
+        sampler.set_state(torch.load(training.resume_dir(config.out) / "sampler.pt"))
+    prompt_batches = training.batch_indices(len(prompts), config.batch_size, config.seed, start)
+    rollout_log: list[dict] = []
+    bar = training.progress(config.updates, start, "ppo", disable=not accelerator.is_main_process)
+    started = time.time()
+
+    for update in range(start, config.updates):
+        # 1-2. rollout
+        t0 = time.time()
+        batch_prompts = [prompts[int(i)] for i in training.shard_for_process(next(prompt_batches), accelerator)]
+        query_ids, query_mask = encode_prompts(tokenizer, batch_prompts, device)
+        policy.eval()
+        unwrapped = accelerator.unwrap_model(policy)
+        rollout = sample(unwrapped, query_ids, query_mask, max_new_tokens=config.max_new_tokens,
+                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                         temperature=config.temperature, generator=sampler)
+        t1 = time.time()
+
+        # 3. old log-probs, reference log-probs, values, scores - in the minibatch chunks the
+        # first PPO epoch will use, so the first ratio is exactly 1 (same rows, same kernels)
+        n = len(batch_prompts)
+        mb = min(config.mini_batch_size, n)
+        epoch_orders = [torch.randperm(n, generator=sampler) for _ in range(config.ppo_epochs)]
+        ids, mask, q_len = rollout.input_ids, rollout.attention_mask, rollout.query_ids.shape[1]
+        response_mask = rollout.response_mask.float()
+        old_logprobs = torch.zeros_like(response_mask)
+        ref_logprobs = torch.zeros_like(response_mask)
+        old_values = torch.zeros_like(response_mask)
+        raw_scores = torch.zeros(n, device=device)
+        with torch.no_grad():
+            for chunk in epoch_orders[0].split(mb):
+                old_logprobs[chunk] = response_logprobs(policy, ids[chunk], mask[chunk], q_len, config.temperature)
+                ref_logprobs[chunk] = reference.logprobs(ids[chunk], mask[chunk], q_len, config.temperature)
+                old_values[chunk] = token_scores(value_model, ids[chunk], mask[chunk])[:, q_len - 1:-1]
+                raw_scores[chunk] = sequence_scores(reward_model, ids[chunk], mask[chunk])
+        scores = (raw_scores - score_mean) / score_std
+        texts = decode_responses(tokenizer, rollout)
+        if config.oracle_gold:
+            if gold is None:
+                raise artifacts.StageError(f"{config.data}/task.json: oracle_gold needs a task with a gold reward")
+            scores = torch.tensor([gold(p, t) for p, t in zip(batch_prompts, texts)], device=device)
+        if config.missing_eos_score is not None:
+            scores = torch.where(rollout.ended_with_eos, torch.full_like(scores, config.missing_eos_score), scores)
+        else:
+            scores = scores - config.missing_eos_penalty * (~rollout.ended_with_eos).float()
+
+        # 4. rewards and advantages
+        old_logprobs, ref_logprobs = old_logprobs * response_mask, ref_logprobs * response_mask
+        kl = kl_per_token(old_logprobs, ref_logprobs, config.kl_estimator) * response_mask
+        beta = kl_controller.beta
+        rewards = token_rewards(scores, kl, response_mask, beta)
+        advantages, returns = generalized_advantages(rewards, old_values, response_mask, config.gamma, config.lam)
+        if config.whiten_advantages:
+            advantages = masked_whiten(advantages, response_mask)
+        t2 = time.time()
+
+        # 5. optimisation epochs
+        policy.train()
+        value_model.train()
+        stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "vf_clipfrac",
+                                                         "approx_kl", "entropy")}
+        first_ratio_deviation = None
+        for order in epoch_orders:
+            for chunk in order.split(mb):
+                m = response_mask[chunk]
+                new_logprobs, entropy = response_logprobs(policy, ids[chunk], mask[chunk], q_len,
+                                                          config.temperature, return_entropy=True)
+                new_values = token_scores(value_model, ids[chunk], mask[chunk])[:, q_len - 1:-1]
+                pg, clipfrac, approx_kl, ratio = policy_loss(new_logprobs, old_logprobs[chunk], advantages[chunk],
+                                                             m, config.cliprange)
+                vf, vf_clipfrac = value_loss(new_values, old_values[chunk], returns[chunk], m, config.cliprange_value)
+                if first_ratio_deviation is None:
+                    first_ratio_deviation = ((ratio - 1.0).abs() * m).max().item()
+                loss = pg + config.vf_coef * vf
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                            config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                for key, value in (("pg_loss", pg), ("vf_loss", vf), ("clipfrac", clipfrac),
+                                   ("vf_clipfrac", vf_clipfrac), ("approx_kl", approx_kl),
+                                   ("entropy", masked_mean(entropy.detach(), m))):
+                    stats[key].append(value.item())
+        scheduler.step()
+        t3 = time.time()
+
+        # bookkeeping
+        sequence_kl = kl.sum(1)
+        kl_controller.update(sequence_kl.mean().item(), n)
+        lengths = rollout.response_lengths.float() - rollout.ended_with_eos.float()  # EOS is not content
+        row = {
+            "update": update + 1, "episodes": (update + 1) * config.batch_size,
+            "proxy_score": scores.mean().item(), "proxy_score_raw": raw_scores.mean().item(),
+            "gold": sum(gold(p, t) for p, t in zip(batch_prompts, texts)) / n if gold else float("nan"),
+            "kl": (kl_per_token(old_logprobs, ref_logprobs, "k1") * response_mask).sum(1).mean().item(),
+            "kl_k3": (kl_per_token(old_logprobs, ref_logprobs, "k3") * response_mask).sum(1).mean().item(),
+            "beta": beta, "non_score_reward": (-beta * sequence_kl).mean().item(),
+            "response_length": lengths.mean().item(), "empty_fraction": (lengths == 0).float().mean().item(),
+            "no_eos_fraction": (~rollout.ended_with_eos).float().mean().item(),
+            **{k: sum(v) / len(v) for k, v in stats.items()},
+            "ratio_deviation_first_minibatch": first_ratio_deviation,
+            "lr": scheduler.get_last_lr()[0],
+            "time_generate": t1 - t0, "time_score": t2 - t1, "time_train": t3 - t2,
+        }
+        rows.append(row)
+        if update == 0 or update == config.updates - 1:
+            rollout_log += _rollout_records(update + 1, batch_prompts, texts, rollout, scores, sequence_kl,
+                                            gold, config.rollout_samples)
+        bar.update(1)
+        bar.set_postfix(score=f"{row['proxy_score']:.2f}", kl=f"{row['kl']:.2f}", gold=f"{row['gold']:.2f}",
+                        refresh=False)
+        if config.checkpoint_every and (update + 1) % config.checkpoint_every == 0 and update + 1 < config.updates:
+            training.save_checkpoint(accelerator, config.out, update + 1, {"beta": kl_controller.beta, "rows": rows})
+            torch.save(sampler.get_state(), training.resume_dir(config.out) / "sampler.pt")
+    bar.close()
+
+    policy = accelerator.unwrap_model(policy)
+    if config.lora_r > 0:
+        policy = policy.merge_and_unload()
+    summary = {**rows[-1], "seconds": time.time() - started,
+               "reference": config.reference, "policy_init": config.policy,
+               "reference_via_disabled_adapter": reference.uses_disabled_adapter}
+    if accelerator.is_main_process:
+        with artifacts.atomic_dir(config.out) as tmp:
+            save_model(policy, tokenizer, tmp / "model")
+            _write_csv(tmp / "metrics.csv", rows)
+            with open(tmp / "rollouts.jsonl", "w") as handle:
+                for record in rollout_log:
+                    handle.write(json.dumps(record) + "\n")
+            artifacts.write_json(tmp / "summary.json", summary)
+            artifacts.write_metadata(tmp, "ppo", config, config.seed)
+        training.clear_checkpoints(config.out)
+    print(f"ppo: {config.updates} updates in {summary['seconds']:.1f}s; last batch score {row['proxy_score']:.3f}, "
+          f"KL {row['kl']:.3f}, gold {row['gold']:.3f}, length {row['response_length']:.2f} -> {config.out}")
+
+
+def _rollout_records(update, prompts, texts, rollout: Rollout, scores, sequence_kl, gold, limit):
+    records = []
+    for i in range(min(limit, len(prompts))):
+        records.append({
+            "update": update, "prompt": prompts[i], "response": texts[i],
+            "query_ids": rollout.query_ids[i][rollout.query_mask[i].bool()].tolist(),
+            "response_ids": rollout.response_ids[i][rollout.response_mask[i].bool()].tolist(),
+            "score": scores[i].item(), "kl": sequence_kl[i].item(),
+            "gold": gold(prompts[i], texts[i]) if gold else None,
+        })
+    return records
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(artifacts.run_main(main))

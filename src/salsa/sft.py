@@ -1,0 +1,164 @@
+"""Stage `sft`: supervised fine-tuning on demonstrations, one run per seed.
+
+The seed changes the data order (and LoRA initialisation); the starting
+weights are the same base for every seed, which is what makes the SFT
+models soupable. LoRA adapters are merged before saving: a soup averages
+weights, and averaging LoRA factors is not the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from salsa import artifacts
+from salsa.args import arg, parse
+from salsa.modeling import load_causal_lm, load_tokenizer, save_model
+from salsa import training
+
+
+@dataclasses.dataclass
+class SFTConfig:
+    """Supervised fine-tuning of a causal LM on `messages` conversations."""
+
+    model: str = arg(help="starting model: a local directory or a Hub id")
+    data: str = arg(help="dataset directory (datasets.save_to_disk) with a `messages` column")
+    out: str = arg(help="output model directory")
+    seed: int = arg(0, help="data order and LoRA init")
+    steps: int = arg(300, help="optimiser steps")
+    batch_size: int = arg(32, help="global batch size (sequences per step)")
+    lr: float = arg(1e-3, help="peak learning rate")
+    warmup_steps: int = arg(20, help="linear warm-up steps, then linear decay to zero")
+    weight_decay: float = arg(0.0, help="AdamW weight decay")
+    max_length: int = arg(64, help="truncate conversations to this many tokens")
+    loss_on_prompt: bool = arg(False, help="also train on prompt tokens (pretraining-style)")
+    max_examples: int = arg(0, help="use only the first N examples (0 = all)")
+    lora_r: int = arg(0, help="LoRA rank; 0 = full fine-tuning")
+    lora_alpha: int = arg(16, help="LoRA alpha")
+    lora_dropout: float = arg(0.0, help="LoRA dropout")
+    lora_target_modules: list[str] = arg(["q_proj", "k_proj", "v_proj", "o_proj"], help="modules LoRA adapts")
+    dtype: str = arg("float32", help="weights dtype: float32, bfloat16 or float16")
+    mixed_precision: str = arg("no", help="accelerate mixed precision: no, bf16 or fp16")
+    gradient_checkpointing: bool = arg(False, help="trade compute for activation memory")
+    checkpoint_every: int = arg(0, help="save a resumable checkpoint every N steps (0 = never)")
+    threads: int = arg(0, help="torch CPU threads (0 = torch default)")
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be positive")
+
+
+def tokenize_conversations(tokenizer, conversations: list[list[dict]], max_length: int,
+                           loss_on_prompt: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded input ids, attention mask and labels (-100 where no loss is taken)."""
+    rows = []
+    for messages in conversations:
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        full_ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
+        prompt_len = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        labels = list(full_ids) if loss_on_prompt else [-100] * prompt_len + full_ids[prompt_len:]
+        rows.append((full_ids, labels[:len(full_ids)]))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (ids, lab) in enumerate(rows):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        attention[i, :len(ids)] = 1
+        labels[i, :len(lab)] = torch.tensor(lab)
+    return input_ids, attention, labels
+
+
+def lm_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
+    from salsa.modeling import forward_logits
+
+    logits = forward_logits(model, input_ids, attention_mask)[:, :-1].float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def load_conversations(path: str, max_examples: int = 0) -> list[list[dict]]:
+    from datasets import load_from_disk
+
+    try:
+        dataset = load_from_disk(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise artifacts.StageError(f"{path}: not a dataset saved with save_to_disk ({err})") from None
+    if "messages" not in dataset.column_names:
+        raise artifacts.StageError(f"{path}: needs a `messages` column, has {dataset.column_names}")
+    if max_examples:
+        dataset = dataset.select(range(min(max_examples, len(dataset))))
+    return list(dataset["messages"])
+
+
+def apply_lora(model, config: SFTConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def train(config: SFTConfig, model, tokenizer, stage: str = "sft") -> dict:
+    """The loop shared by `base_model` (from scratch) and `sft` (from a checkpoint)."""
+    accelerator = training.make_accelerator(config.mixed_precision, config.seed)
+    conversations = load_conversations(config.data, config.max_examples)
+    input_ids, attention, labels = tokenize_conversations(tokenizer, conversations, config.max_length,
+                                                          config.loss_on_prompt)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if config.lora_r > 0:
+        model = apply_lora(model, config)
+    optimizer = training.adamw(model, config.lr, config.weight_decay)
+    scheduler = training.linear_schedule(optimizer, config.steps, config.warmup_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    start = training.try_resume(accelerator, config.out)
+    batches = training.batch_indices(len(input_ids), config.batch_size, config.seed, start)
+    bar = training.progress(config.steps, start, stage, disable=not accelerator.is_main_process)
+    model.train()
+    losses, started = [], time.time()
+    for step in range(start, config.steps):
+        idx = training.shard_for_process(next(batches), accelerator)
+        batch = [t[idx].to(accelerator.device) for t in (input_ids, attention, labels)]
+        loss = lm_loss(model, *batch)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(training.finite_or_raise(loss.item(), f"{stage} loss at step {step}"))
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            training.save_checkpoint(accelerator, config.out, step + 1)
+    bar.close()
+    model = accelerator.unwrap_model(model)
+    if config.lora_r > 0:
+        model = model.merge_and_unload()
+    window = losses[-20:] or [float("nan")]
+    summary = {"final_loss": sum(window) / len(window), "steps": config.steps, "seconds": time.time() - started,
+               "examples": len(input_ids)}
+    if accelerator.is_main_process:
+        with artifacts.atomic_dir(config.out) as tmp:
+            save_model(model, tokenizer, tmp)
+            artifacts.write_json(tmp / "train_summary.json", summary)
+            artifacts.write_metadata(tmp, stage, config, config.seed, extra={"summary": summary})
+        training.clear_checkpoints(config.out)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse(SFTConfig, argv)
+    artifacts.set_threads(config.threads)
+    artifacts.seed_everything(config.seed)
+    tokenizer = load_tokenizer(config.model)
+    model = load_causal_lm(config.model, config.dtype)
+    summary = train(config, model, tokenizer)
+    print(f"sft: seed {config.seed}, final loss {summary['final_loss']:.4f} in {summary['seconds']:.1f}s -> {config.out}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(artifacts.run_main(main))

@@ -1,0 +1,60 @@
+import random
+
+import pytest
+
+from salsa.task import (Problem, TaskSpec, gold_reward, lcs_length, parse_prompt, preference_pair,
+                        teacher_response)
+
+
+@pytest.mark.parametrize("prompt,response,expected", [
+    ("sort 5 2 8 1", "1 2 5 8", 1.0),          # exact
+    ("sort 5 2 8 1", "", 0.0),                 # empty
+    ("sort 5 2 8 1", "1 2 5", 0.75),           # one item missing
+    ("sort 5 2 8 1", "1 2 5 8 8", 0.75),       # one extra item costs as much as a missing one
+    ("sort 5 2 8 1", "2 1 5 8", 0.75),         # one swap: LCS 3 of 4
+    ("reverse 1 2 3", "3 2 1", 1.0),
+    ("reverse 1 2 3", "1 2 3", 1 / 3),
+    ("copy 4 4 7", "4 7", 2 / 3),
+    ("copy 4 4 7", "4 x 4 7", 1 - 1 / 3),      # a non-number is an extra item that never matches
+    ("sort 3 1 =>", "1 3", 1.0),               # the chat suffix is accepted
+])
+def test_gold_reward_hand_cases(prompt, response, expected):
+    assert gold_reward(prompt, response) == pytest.approx(expected)
+
+
+def test_gold_reward_extra_penalty_is_configurable():
+    assert gold_reward("copy 1 2", "1 2 3 4", extra_penalty=0.5) == pytest.approx(1 - 0.5 * 2 / 2)
+
+
+@pytest.mark.parametrize("bad", ["", "hello 1 2", "sort", "sort a b"])
+def test_parse_prompt_rejects_other_text(bad):
+    with pytest.raises(ValueError):
+        parse_prompt(bad)
+
+
+def test_lcs_length():
+    assert lcs_length([1, 2, 3, 4], [1, 3, 4]) == 3
+    assert lcs_length([], [1]) == 0
+    assert lcs_length([None, 1], [None, 1]) == 1  # unparseable items never match
+
+
+def test_noisy_teacher_sits_below_the_best_gold():
+    spec, rng = TaskSpec(), random.Random(0)
+    problems = [Problem("sort", tuple(rng.randrange(20) for _ in range(5))) for _ in range(500)]
+    clean = [gold_reward(p.prompt, " ".join(map(str, p.target))) for p in problems]
+    noisy = [gold_reward(p.prompt, teacher_response(p, rng, spec)) for p in problems]
+    assert sum(clean) / len(clean) == 1.0
+    assert 0.6 < sum(noisy) / len(noisy) < 0.95
+
+
+def test_preferences_follow_gold_but_not_always():
+    spec, rng = TaskSpec(), random.Random(1)
+    pairs = [preference_pair(Problem("reverse", (1, 2, 3, 4, 5)), rng, spec) for _ in range(2000)]
+    decided = [p for p in pairs if p["gold_chosen"] != p["gold_rejected"]]
+    agree = sum(p["gold_chosen"] > p["gold_rejected"] for p in decided) / len(decided)
+    assert 0.7 < agree < 0.99  # Bradley-Terry labels: mostly, not always, the better answer
+
+
+def test_task_spec_validates():
+    with pytest.raises(ValueError, match="unknown operation"):
+        TaskSpec(operations=("sort", "shuffle"))

@@ -1,0 +1,94 @@
+"""The Snakemake workflow: validation, dry runs, a full tiny run, and what a change reruns."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
+DEFAULT = str(REPO / "config" / "config.yaml")
+TINY = str(REPO / "tests" / "config" / "tiny.yaml")
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([*SNAKEMAKE, "-d", str(workdir), *args], capture_output=True, text=True, env=env,
+                          timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def scheduled_rules(output: str) -> dict[str, int]:
+    """Rule -> job count from a dry run's 'Job stats' table."""
+    table = output.split("Job stats:")[-1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)
+            if m.group(1) != "total"}
+
+
+def test_default_config_dry_run(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--configfile", DEFAULT)
+    rules = scheduled_rules(proc.stdout)
+    assert rules["sft"] == 2 and rules["soup"] == 1 and rules["ppo"] == 6 and rules["tables"] == 1
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    overlay = tmp_path / "typo.yaml"
+    overlay.write_text("ppo:\n  params:\n    kl_cooef: 0.1\n")
+    proc = snakemake(tmp_path, "-n", "--configfile", DEFAULT, str(overlay), check=False)
+    assert proc.returncode != 0
+    assert "kl_cooef" in proc.stdout + proc.stderr
+
+
+def test_schema_lists_only_real_stage_flags():
+    import dataclasses
+    import yaml
+    from salsa.base import BaseModelConfig
+    from salsa.data import PrepareDataConfig
+    from salsa.evaluate import EvaluateConfig
+    from salsa.ppo import PPOConfig
+    from salsa.reward import RewardConfig
+    from salsa.sft import SFTConfig
+
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    blocks = {"data": (PrepareDataConfig, {"source"}), "base_model": (BaseModelConfig, set()),
+              "sft": (SFTConfig, {"seeds", "extra"}), "evaluate": (EvaluateConfig, set()),
+              "reward_model": (RewardConfig, {"init", "normalize_policy"})}
+    for block, (config_cls, wiring) in blocks.items():
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        assert set(schema["properties"][block]["properties"]) - wiring <= fields, block
+    ppo_fields = {f.name for f in dataclasses.fields(PPOConfig)}
+    assert set(schema["definitions"]["ppo_params"]["properties"]) <= ppo_fields
+
+
+@pytest.mark.slow
+def test_tiny_workflow_end_to_end_then_caching(tmp_path):
+    snakemake(tmp_path, "--configfile", DEFAULT, TINY)
+    tables = tmp_path / "results" / "tiny" / "tables"
+    summary = pd.read_csv(tables / "summary.csv")
+    expected = {"sft/seed1", "sft/seed2", "soup/uniform", "ppo/ppo/seed1", "ppo/ppo/seed2", "ppo/salsa/seed1",
+                "ppo/salsa/seed2"}
+    assert set(summary.model) == expected
+    for column in ("gold_id", "gold_ood", "proxy_id", "kl_sft_id", "length_id", "empty_id", "rm_winrate_hard",
+                   "mtbench_score", "arena_winrate"):
+        assert column in summary.columns, column
+    assert summary.loc[summary.model == "sft/seed1", "kl_sft_id"].item() == 0.0
+    markdown = (tables / "summary.md").read_text()
+    assert "PPO methods over seeds" in markdown and "salsa" in markdown
+    assert (tables / "ppo_curves.png").stat().st_size > 0 and (tables / "frontier.png").stat().st_size > 0
+
+    again = snakemake(tmp_path, "-n", "--configfile", DEFAULT, TINY)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    overlay = tmp_path / "change.yaml"
+    overlay.write_text("ppo:\n  params:\n    kl_coef: 0.2\n")
+    changed = snakemake(tmp_path, "-n", "--configfile", DEFAULT, TINY, str(overlay))
+    rules = scheduled_rules(changed.stdout)
+    assert rules.get("ppo") == 4
+    assert set(rules) - {"all"} <= {"ppo", "evaluate", "evaluate_answers", "evaluate_judge", "tables"}, rules
