@@ -134,7 +134,7 @@ def markdown_table(frame: pd.DataFrame, columns: list[str]) -> str:
 
 def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, reference_method: str, baseline: str) -> str:
     metrics = [c for c in HEADLINE if c in frame.columns]
-    extra = [c for c in frame.columns if c.startswith(("mtbench_score", "arena_winrate", "gold_winrate_hard"))]
+    extra = [c for c in ("mtbench_score", "arena_winrate") if c in frame.columns]
     parts = ["# Summary", "",
              "gold = the task's gold reward (higher is better, 1 = perfect); proxy = normalised reward-model score; "
              "kl_ref / kl_sft = sequence KL to the model's own reference / to the first SFT; "
@@ -166,25 +166,30 @@ def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, reference_method: st
 
 
 def plot_curves(results: Path, frame: pd.DataFrame, path: Path) -> None:
+    """Gold and proxy reward against KL (and KL against episodes), per method, mean over seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     ppo = frame[frame.kind == "ppo"]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (method, group) in enumerate(ppo.groupby("method", sort=False)):
         curves = [pd.read_csv(results / "ppo" / method / f"seed{seed}" / "metrics.csv") for seed in group.seed]
         mean = pd.concat(curves).groupby("update").mean(numeric_only=True)
-        smooth = mean.rolling(5, min_periods=1).mean()
-        for ax, metric in zip(axes, ("gold", "proxy_score")):
-            ax.plot(smooth["kl"], smooth[metric], color=colors[i % len(colors)], label=method)
-    for ax, title in zip(axes, ("gold reward", "proxy reward (normalised)")):
-        ax.set_xlabel("KL to reference (nats, rollout batches)")
-        ax.set_ylabel(title)
-        ax.legend()
+        smooth = mean.rolling(10, min_periods=1).mean()  # rollout batches are noisy
+        color = colors[i % len(colors)]
+        axes[0].plot(smooth["kl"], smooth["gold"], color=color, label=method)
+        axes[1].plot(smooth["kl"], smooth["proxy_score"], color=color, label=method)
+        axes[2].plot(smooth["episodes"], smooth["kl"], color=color, label=method)
+    labels = [("KL to reference (nats)", "gold reward"), ("KL to reference (nats)", "proxy reward (normalised)"),
+              ("episodes", "KL to reference (nats)")]
+    for ax, (xlabel, ylabel) in zip(axes, labels):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.suptitle("PPO training, mean over seeds (5-update moving average)")
+    fig.suptitle("PPO rollout batches, mean over seeds (10-update moving average)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
