@@ -46,9 +46,45 @@ def cli(params, skip=()):
     return shlex.join(flags)
 
 
-def resources_for(stage, key):
+def resources_for(stage, key, default=None):
     table = config.get("resources", {})
-    return table.get(stage, {}).get(key, table.get("default", {}).get(key))
+    value = table.get(stage, {}).get(key, table.get("default", {}).get(key))
+    return default if value is None else value
+
+
+# Stages whose loops shard batches over processes (salsa.training.shard_for_process);
+# evaluation and data preparation run as one process on one device.
+DATA_PARALLEL = {"base_model": "base", "sft": "sft", "reward_model": "reward", "ppo": "ppo"}
+SINGLE_PROCESS = {"evaluate": "evaluate", "prepare_data": "data"}
+
+
+def launcher(stage, salsa_module=None):
+    """`python -m salsa.<module>`, or `accelerate launch` over N processes when the stage asks for N > 1 GPUs."""
+    salsa_module = salsa_module or DATA_PARALLEL.get(stage) or SINGLE_PROCESS[stage]
+    gpus = int(resources_for(stage, "gpus", 0))
+    if gpus <= 1:
+        return f"python -m salsa.{salsa_module}"
+    if stage not in DATA_PARALLEL:
+        raise ValueError(f"resources.{stage}.gpus: {stage} runs in one process; use gpus 0 or 1")
+    name = resources_for(stage, "accelerate_config", "ddp")
+    path = name if name.endswith(".yaml") else os.path.join(workflow.basedir, "config", "accelerate", f"{name}.yaml")
+    return shlex.join(["accelerate", "launch", "--config_file", path, "--num_processes", str(gpus),
+                       "-m", f"salsa.{salsa_module}"])
+
+
+def stage_resources(stage):
+    """A rule's resources: memory, time, GPUs (`gpu`, which the SLURM plugin turns into --gpus) and SLURM extras."""
+    table = {"mem_mb": resources_for(stage, "mem_mb"), "runtime": resources_for(stage, "runtime"),
+             "gpu": int(resources_for(stage, "gpus", 0))}
+    for key in ("slurm_partition", "slurm_account", "gpu_model", "slurm_extra", "cpus_per_task"):
+        if resources_for(stage, key) is not None:
+            table[key] = resources_for(stage, key)
+    return {k: v for k, v in table.items() if v is not None}
+
+
+def conda_env(stage):
+    """GPU jobs get the CUDA environment (envs/salsa-gpu.yaml) under --sdm conda."""
+    return "../envs/salsa-gpu.yaml" if int(resources_for(stage, "gpus", 0)) > 0 else "../envs/salsa.yaml"
 
 
 # --- models ------------------------------------------------------------------
@@ -88,9 +124,30 @@ def model_path(ref):
     return model_dir(ref) + ("/model" if ref.startswith("ppo/") else "")
 
 
+def is_gguf(model):
+    return model.startswith("pypi:") or "::" in model or model.endswith(".gguf")
+
+
 def base_model_path():
-    """Where SFT starts: the tiny Llama trained here, or the named pretrained model."""
-    return config["base_model"].get("model") or result("base_model")
+    """Where SFT starts: the tiny Llama trained here (or a GGUF model dequantised there), or the named model."""
+    model = config["base_model"].get("model") or ""
+    return result("base_model") if not model or is_gguf(model) else model
+
+
+# --- data ----------------------------------------------------------------------
+def data_source():
+    return config["data"].get("source", "embedded")
+
+
+def data_args():
+    """Flags of `python -m salsa.data`: the embedded task's, or the `hub` block's for --source hub."""
+    if data_source() == "hub":
+        hub = dict(config["data"].get("hub", {}))
+        if "tokenizer" not in hub and config["base_model"].get("model"):
+            hub["tokenizer"] = config["base_model"]["model"]  # count lengths in the model's own tokens
+        return "--source hub " + cli({"seed": config["data"].get("seed", 0), **hub})
+    return cli(config["data"], skip={"source", "hub"})
+
 
 
 # --- PPO methods ---------------------------------------------------------------
@@ -129,6 +186,10 @@ def model_reference(model):
 
 def first_sft():
     return f"sft/seed{config['sft']['seeds'][0]}"
+
+
+def enabled_benchmarks():
+    return [name for name, spec in config.get("benchmarks", {}).items() if spec.get("enabled", True)]
 
 
 def summary_outputs():

@@ -1,18 +1,17 @@
 rule prepare_data:
     input:
-        src("data", "task"),
+        src("data", "task", *(["hub_data"] if data_source() == "hub" else [])),
     output:
         directory(result("data")),
     params:
-        args=cli(config["data"], skip={"source"}),
+        args=data_args(),
     log:
         result("logs", "prepare_data.log"),
     benchmark:
         result("benchmarks", "prepare_data.tsv")
     resources:
-        mem_mb=resources_for("prepare_data", "mem_mb"),
-        runtime=resources_for("prepare_data", "runtime"),
+        **stage_resources("prepare_data"),
     conda:
-        "../envs/salsa.yaml"
+        conda_env("prepare_data")
     shell:
-        "python -m salsa.data --out {output} {params.args} > {log} 2>&1"
+        launcher("prepare_data") + " --out {output} {params.args} > {log} 2>&1"

@@ -18,12 +18,11 @@ rule evaluate:
     benchmark:
         result("benchmarks", "eval", "{model}.tsv")
     resources:
-        mem_mb=resources_for("evaluate", "mem_mb"),
-        runtime=resources_for("evaluate", "runtime"),
+        **stage_resources("evaluate"),
     conda:
-        "../envs/salsa.yaml"
+        conda_env("evaluate")
     shell:
-        "python -m salsa.evaluate --model {params.model} --reference '{params.reference}'"
+        launcher("evaluate") + " --model {params.model} --reference '{params.reference}'"
         " --first-sft {input.first_sft} --reward-model {input.reward} --data {input.data} --out {output}"
         " --threads {threads} {params.args} > {log} 2>&1"
 
@@ -57,12 +56,11 @@ rule evaluate_answers:
     benchmark:
         result("benchmarks", "bench", "{benchmark}", "{model}", "answers.tsv")
     resources:
-        mem_mb=resources_for("evaluate", "mem_mb"),
-        runtime=resources_for("evaluate", "runtime"),
+        **stage_resources("evaluate"),
     conda:
-        "../envs/salsa.yaml"
+        conda_env("evaluate")
     shell:
-        "python -m salsa.benchmarks.answer --model {params.model} --benchmark {wildcards.benchmark}"
+        launcher("evaluate", "benchmarks.answer") + " --model {params.model} --benchmark {wildcards.benchmark}"
         " --data-dir {params.data} --out {output} --seed {params.seed} --threads {threads}"
         " --progress false {params.args} > {log} 2>&1"
 
@@ -93,8 +91,7 @@ rule evaluate_judge:
     benchmark:
         result("benchmarks", "bench", "{benchmark}", "{model}", "judge.tsv")
     resources:
-        mem_mb=resources_for("evaluate", "mem_mb"),
-        runtime=resources_for("evaluate", "runtime"),
+        **stage_resources("evaluate"),
     conda:
         "../envs/salsa.yaml"
     shell:

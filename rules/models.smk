@@ -12,12 +12,11 @@ rule base_model:
     benchmark:
         result("benchmarks", "base_model.tsv")
     resources:
-        mem_mb=resources_for("base_model", "mem_mb"),
-        runtime=resources_for("base_model", "runtime"),
+        **stage_resources("base_model"),
     conda:
-        "../envs/salsa.yaml"
+        conda_env("base_model")
     shell:
-        "python -m salsa.base --tokenizer {input.data}/tokenizer --data {input.data}/pretrain"
+        launcher("base_model") + " --tokenizer {input.data}/tokenizer --data {input.data}/pretrain"
         " --out {output} --threads {threads} {params.args} > {log} 2>&1"
 
 
@@ -37,12 +36,11 @@ rule sft:
     benchmark:
         result("benchmarks", "sft", "{sft}.tsv")
     resources:
-        mem_mb=resources_for("sft", "mem_mb"),
-        runtime=resources_for("sft", "runtime"),
+        **stage_resources("sft"),
     conda:
-        "../envs/salsa.yaml"
+        conda_env("sft")
     shell:
-        "python -m salsa.sft --model {params.model} --data {input.data}/sft --out {output}"
+        launcher("sft") + " --model {params.model} --data {input.data}/sft --out {output}"
         " --threads {threads} {params.args} > {log} 2>&1"
 
 
@@ -59,8 +57,7 @@ rule soup:
     benchmark:
         result("benchmarks", "soup", "{soup}.tsv")
     resources:
-        mem_mb=resources_for("soup", "mem_mb"),
-        runtime=resources_for("soup", "runtime"),
+        **stage_resources("soup"),
     conda:
         "../envs/salsa.yaml"
     shell:

@@ -15,11 +15,10 @@ rule ppo:
     benchmark:
         result("benchmarks", "ppo", "{method}", "seed{seed}.tsv")
     resources:
-        mem_mb=resources_for("ppo", "mem_mb"),
-        runtime=resources_for("ppo", "runtime"),
+        **stage_resources("ppo"),
     conda:
-        "../envs/salsa.yaml"
+        conda_env("ppo")
     shell:
-        "python -m salsa.ppo --policy {input.policy} --reference {input.reference}"
+        launcher("ppo") + " --policy {input.policy} --reference {input.reference}"
         " --reward-model {input.reward} --data {input.data} --out {output} --seed {wildcards.seed}"
         " --threads {threads} {params.args} > {log} 2>&1"

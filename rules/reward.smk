@@ -14,10 +14,9 @@ rule reward_model:
     benchmark:
         result("benchmarks", "reward_model.tsv")
     resources:
-        mem_mb=resources_for("reward_model", "mem_mb"),
-        runtime=resources_for("reward_model", "runtime"),
+        **stage_resources("reward_model"),
     conda:
-        "../envs/salsa.yaml"
+        conda_env("reward_model")
     shell:
-        "python -m salsa.reward --model {input.init} --normalize-policy {input.policy} --data {input.data}"
+        launcher("reward_model") + " --model {input.init} --normalize-policy {input.policy} --data {input.data}"
         " --out {output} --threads {threads} {params.args} > {log} 2>&1"

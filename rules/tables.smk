@@ -2,7 +2,7 @@ rule tables:
     input:
         evals=[result("eval", m) for m in evaluated_models()],
         runs=[model_dir(r) for r in ppo_run_ids()],
-        judged=[result("bench", b, m, "judged") for b in config.get("benchmarks", {}) for m in evaluated_models()],
+        judged=[result("bench", b, m, "judged") for b in enabled_benchmarks() for m in evaluated_models()],
         src=src("tables"),
     output:
         summary=report(result("tables", "summary.md"), category="Summary"),

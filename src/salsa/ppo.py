@@ -74,6 +74,8 @@ class PPOConfig:
     lora_r: int = arg(0, help="LoRA rank for the policy (0 = full fine-tuning)")
     lora_alpha: int = arg(16, help="LoRA alpha")
     lora_target_modules: list[str] = arg(["q_proj", "k_proj", "v_proj", "o_proj"], help="modules LoRA adapts")
+    value_lora_r: int = arg(0, help="LoRA rank for the value model's backbone, score head trained fully "
+                                    "(0 = full fine-tuning; 7B models need it on 80 GB GPUs)")
     dtype: str = arg("float32", help="weights dtype")
     mixed_precision: str = arg("no", help="accelerate mixed precision: no, bf16 or fp16")
     rollout_samples: int = arg(16, help="rollouts written to rollouts.jsonl at the first and last update")
@@ -140,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     artifacts.set_threads(config.threads)
     artifacts.seed_everything(config.seed)
     accelerator = training.make_accelerator(config.mixed_precision, config.seed)
+    if training.shards_weights(accelerator):  # each process samples its own rollouts: no weight sharding
+        raise artifacts.StageError("ppo: use the ddp accelerate config (with lora_r for 7B models), "
+                                   "not ZeRO-3/FSDP")
     device = accelerator.device
     tokenizer = load_tokenizer(config.policy)
     prompts = load_prompts(config.data)
@@ -155,6 +160,11 @@ def main(argv: list[str] | None = None) -> None:
                                                    task_type="CAUSAL_LM"))
     value_model = load_reward_model(config.value_model or config.reward_model, config.dtype)
     disable_dropout(value_model)
+    if config.value_lora_r > 0:  # adapt the backbone only: token_scores reads it by base_model_prefix
+        from peft import LoraConfig, get_peft_model
+        backbone = getattr(value_model, value_model.base_model_prefix)
+        setattr(value_model, value_model.base_model_prefix, get_peft_model(backbone, LoraConfig(
+            r=config.value_lora_r, lora_alpha=config.lora_alpha, target_modules=list(config.lora_target_modules))))
     if not config.value_model:
         # start the values on the normalised reward's scale (the head has no bias to shift)
         with torch.no_grad():
@@ -170,14 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                      if config.adaptive_kl else FixedKLController(config.kl_coef))
     sampler = torch.Generator().manual_seed(config.seed)
-    start = training.try_resume(accelerator, config.out)
+    start = training.try_resume(accelerator, config.out, config)
     rows: list[dict] = []
-    if start:
-        state = json.loads((training.resume_dir(config.out) / "step.json").read_text())
-        kl_controller.beta, rows = state["beta"], state["rows"]
-        sampler.set_state(torch.load(training.resume_dir(config.out) / "sampler.pt"))
-    prompt_batches = training.batch_indices(len(prompts), config.batch_size, config.seed, start)
     rollout_log: list[dict] = []
+    if start:  # the loop state accelerate does not know about
+        state = training.resume_extra(config.out)
+        kl_controller.beta, rows, rollout_log = state["beta"], state["rows"], state["rollout_log"]
+        sampler.set_state(torch.load(training.resume_file(config.out, "sampler.pt")))
+    prompt_batches = training.batch_indices(len(prompts), config.batch_size, config.seed, start)
     bar = training.progress(config.updates, start, "ppo", disable=not accelerator.is_main_process)
     started = time.time()
 
@@ -287,14 +297,15 @@ def main(argv: list[str] | None = None) -> None:
         bar.set_postfix(score=f"{row['proxy_score']:.2f}", kl=f"{row['kl']:.2f}", gold=f"{row['gold']:.2f}",
                         refresh=False)
         if config.checkpoint_every and (update + 1) % config.checkpoint_every == 0 and update + 1 < config.updates:
-            training.save_checkpoint(accelerator, config.out, update + 1, {"beta": kl_controller.beta, "rows": rows})
-            torch.save(sampler.get_state(), training.resume_dir(config.out) / "sampler.pt")
+            training.save_checkpoint(accelerator, config.out, update + 1,
+                                     {"beta": kl_controller.beta, "rows": rows, "rollout_log": rollout_log},
+                                     config, files={"sampler.pt": sampler.get_state()})
     bar.close()
 
     policy = accelerator.unwrap_model(policy)
     if config.lora_r > 0:
         policy = policy.merge_and_unload()
-    summary = {**rows[-1], "seconds": time.time() - started,
+    summary = {**rows[-1], "seconds": time.time() - started, "resumed_from_update": start,
                "reference": config.reference, "policy_init": config.policy,
                "reference_via_disabled_adapter": reference.uses_disabled_adapter}
     if accelerator.is_main_process:

@@ -104,13 +104,13 @@ def evaluate_pairs(model, tokenizer, pairs: dict[str, list]) -> dict:
 
 @torch.no_grad()
 def normalization_stats(reward_model, tokenizer, policy_path: str, prompts: list[str], config: RewardConfig) -> dict:
-    policy = load_causal_lm(policy_path, config.dtype)
+    policy = load_causal_lm(policy_path, config.dtype).to(reward_model.device)
     disable_dropout(policy)
     policy.eval()
     generator = torch.Generator().manual_seed(config.seed)
     texts = []
     for i in range(0, len(prompts), 128):
-        ids, mask = encode_prompts(tokenizer, prompts[i:i + 128])
+        ids, mask = encode_prompts(tokenizer, prompts[i:i + 128], reward_model.device)
         rollout = sample(policy, ids, mask, max_new_tokens=config.max_new_tokens, eos_id=tokenizer.eos_token_id,
                          pad_id=tokenizer.pad_token_id, temperature=config.temperature, generator=generator)
         texts += decode_responses(tokenizer, rollout)
@@ -140,10 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = training.adamw(model, config.lr)
     scheduler = training.linear_schedule(optimizer, config.steps, config.warmup_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    start = training.try_resume(accelerator, config.out)
+    start = training.try_resume(accelerator, config.out, config)
     batches = training.batch_indices(len(chosen_ids), config.batch_size, config.seed, start)
     bar = training.progress(config.steps, start, "reward_model", disable=not accelerator.is_main_process)
-    started, losses = time.time(), []
+    started = time.time()
+    losses = training.resume_extra(config.out).get("losses", []) if start else []
     model.train()
     for step in range(start, config.steps):
         idx = training.shard_for_process(next(batches), accelerator)
@@ -165,8 +166,9 @@ def main(argv: list[str] | None = None) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            training.save_checkpoint(accelerator, config.out, step + 1)
+            training.save_checkpoint(accelerator, config.out, step + 1, {"losses": losses}, config)
     bar.close()
+    state_dict = training.full_state_dict(accelerator, model)
     model = accelerator.unwrap_model(model)
     model.eval()
     report = {"train": evaluate_pairs(model, tokenizer, {k: v[:1000] for k, v in train_pairs.items()}),
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         normalization = {"mean": 0.0, "std": 1.0, "samples": 0, "policy": None}
     if accelerator.is_main_process:
         with artifacts.atomic_dir(config.out) as tmp:
-            save_model(model, tokenizer, tmp)
+            save_model(model, tokenizer, tmp, state_dict)
             artifacts.write_json(tmp / NORMALIZATION_FILE, normalization)
             artifacts.write_json(tmp / "reward_eval.json", report)
             artifacts.write_metadata(tmp, "reward_model", config, config.seed,

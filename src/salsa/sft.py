@@ -108,18 +108,24 @@ def train(config: SFTConfig, model, tokenizer, stage: str = "sft") -> dict:
     conversations = load_conversations(config.data, config.max_examples)
     input_ids, attention, labels = tokenize_conversations(tokenizer, conversations, config.max_length,
                                                           config.loss_on_prompt)
+    if config.lora_r > 0 and training.shards_weights(accelerator):
+        raise artifacts.StageError("lora_r: LoRA is merged on one process; use the ddp accelerate config, "
+                                   "not ZeRO-3/FSDP")
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if config.lora_r > 0:
+        if config.gradient_checkpointing:  # frozen embeddings: checkpointed blocks still need input grads
+            model.enable_input_require_grads()
         model = apply_lora(model, config)
     optimizer = training.adamw(model, config.lr, config.weight_decay)
     scheduler = training.linear_schedule(optimizer, config.steps, config.warmup_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    start = training.try_resume(accelerator, config.out)
+    start = training.try_resume(accelerator, config.out, config)
     batches = training.batch_indices(len(input_ids), config.batch_size, config.seed, start)
     bar = training.progress(config.steps, start, stage, disable=not accelerator.is_main_process)
     model.train()
-    losses, started = [], time.time()
+    losses = training.resume_extra(config.out).get("losses", []) if start else []
+    started = time.time()
     for step in range(start, config.steps):
         idx = training.shard_for_process(next(batches), accelerator)
         batch = [t[idx].to(accelerator.device) for t in (input_ids, attention, labels)]
@@ -133,17 +139,18 @@ def train(config: SFTConfig, model, tokenizer, stage: str = "sft") -> dict:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            training.save_checkpoint(accelerator, config.out, step + 1)
+            training.save_checkpoint(accelerator, config.out, step + 1, {"losses": losses}, config)
     bar.close()
+    state_dict = training.full_state_dict(accelerator, model)
     model = accelerator.unwrap_model(model)
     if config.lora_r > 0:
         model = model.merge_and_unload()
     window = losses[-20:] or [float("nan")]
     summary = {"final_loss": sum(window) / len(window), "steps": config.steps, "seconds": time.time() - started,
-               "examples": len(input_ids)}
+               "examples": len(input_ids), "resumed_from_step": start}
     if accelerator.is_main_process:
         with artifacts.atomic_dir(config.out) as tmp:
-            save_model(model, tokenizer, tmp)
+            save_model(model, tokenizer, tmp, state_dict)
             artifacts.write_json(tmp / "train_summary.json", summary)
             artifacts.write_metadata(tmp, stage, config, config.seed, extra={"summary": summary})
         training.clear_checkpoints(config.out)

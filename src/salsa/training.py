@@ -6,9 +6,12 @@ bottom; these helpers only remove the plumbing they would otherwise repeat.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +27,18 @@ def make_accelerator(mixed_precision: str = "no", seed: int = 0):
     accelerator = Accelerator(mixed_precision=mixed_precision)
     set_seed(seed)
     return accelerator
+
+
+def shards_weights(accelerator) -> bool:
+    """ZeRO / FSDP: each process holds a slice of the weights."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+def full_state_dict(accelerator, model) -> dict | None:
+    """The gathered weights when they are sharded (a collective: every process calls it), else None."""
+    return accelerator.get_state_dict(model) if shards_weights(accelerator) else None
 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, eps: float = 1e-8):
@@ -62,26 +77,81 @@ def resume_dir(out: str | Path) -> Path:
     return out.parent / f".{out.name}.resume"
 
 
-def try_resume(accelerator, out: str | Path) -> int:
-    """Load the last checkpoint of an interrupted run; return the step to continue from."""
-    state = resume_dir(out)
-    marker = state / "step.json"
+# A checkpoint is a complete step-NNNNNNN/ folder; latest.json, rewritten atomically
+# after the folder is complete, names it. A kill mid-save leaves the previous one valid.
+LATEST = "latest.json"
+# Test hook: kill the process right after the checkpoint of this step (a preemption).
+KILL_AFTER_CHECKPOINT = "SALSA_KILL_AFTER_CHECKPOINT"
+_NOT_IN_FINGERPRINT = {"out", "threads", "checkpoint_every"}
+
+
+def config_fingerprint(config) -> str:
+    """Hash of the settings that shape the result, so a stale checkpoint is never resumed."""
+    settings = {k: v for k, v in artifacts.to_jsonable(config).items() if k not in _NOT_IN_FINGERPRINT}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def latest_checkpoint(out: str | Path) -> tuple[Path, dict] | None:
+    marker = resume_dir(out) / LATEST
     if not marker.exists():
+        return None
+    info = json.loads(marker.read_text())
+    return resume_dir(out) / info["dir"], info
+
+
+def try_resume(accelerator, out: str | Path, config=None) -> int:
+    """Load the last checkpoint of an interrupted run; return the step to continue from."""
+    found = latest_checkpoint(out)
+    if found is None:
         return 0
-    accelerator.load_state(str(state / "state"))
-    step = json.loads(marker.read_text())["step"]
-    accelerator.print(f"resuming from step {step} ({state})")
-    return step
+    directory, info = found
+    if config is not None and info.get("fingerprint") != config_fingerprint(config):
+        accelerator.print(f"ignoring checkpoint {directory}: written with different settings")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            clear_checkpoints(out)
+        return 0
+    accelerator.load_state(str(directory / "state"))  # weights, optimiser, scheduler, RNG states
+    accelerator.print(f"resuming from step {info['step']} ({directory})")
+    return int(info["step"])
 
 
-def save_checkpoint(accelerator, out: str | Path, step: int, extra: dict | None = None) -> None:
-    state = resume_dir(out)
+def resume_extra(out: str | Path) -> dict:
+    """The loop state a stage saved with its last checkpoint (e.g. PPO's metrics rows)."""
+    found = latest_checkpoint(out)
+    return json.loads((found[0] / "extra.json").read_text()) if found else {}
+
+
+def resume_file(out: str | Path, name: str) -> Path:
+    found = latest_checkpoint(out)
+    if found is None:
+        raise artifacts.StageError(f"{resume_dir(out)}: no checkpoint to read {name} from")
+    return found[0] / name
+
+
+def save_checkpoint(accelerator, out: str | Path, step: int, extra: dict | None = None, config=None,
+                    files: dict | None = None) -> None:
+    """Save weights, optimiser, scheduler and RNG states, plus ``extra`` (JSON) and ``files`` (torch.save)."""
+    root = resume_dir(out)
+    directory = root / f"step-{step:07d}"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state.mkdir(parents=True, exist_ok=True)
-    accelerator.save_state(str(state / "state"))
+        shutil.rmtree(directory, ignore_errors=True)  # a half-written save of this step from a killed run
+        directory.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(directory / "state"))
     if accelerator.is_main_process:
-        artifacts.write_json(state / "step.json", {"step": step, **(extra or {})})
+        artifacts.write_json(directory / "extra.json", extra or {})
+        for name, value in (files or {}).items():
+            torch.save(value, directory / name)
+        previous = latest_checkpoint(out)
+        artifacts.write_json(root / LATEST, {"step": step, "dir": directory.name,
+                                             "fingerprint": config_fingerprint(config) if config else None})
+        if previous and previous[0] != directory:
+            shutil.rmtree(previous[0], ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if os.environ.get(KILL_AFTER_CHECKPOINT) == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def clear_checkpoints(out: str | Path) -> None:

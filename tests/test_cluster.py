@@ -1,0 +1,120 @@
+"""Paper and real-model overlays: schema validation, and dry runs under each profile (no GPU, no cluster).
+
+The SLURM profile is dry-run with the real executor plugin: `snakemake -n --executor slurm`
+builds the DAG and every job's resources without calling sbatch, sinfo or sacct.
+"""
+
+import copy
+import dataclasses
+import re
+
+import pytest
+import yaml
+
+from test_workflow import DEFAULT, REPO, scheduled_rules, snakemake
+
+EXPERIMENTS = REPO / "config" / "experiments"
+PAPER = ["llama2-7b", "mistral-7b", "gemma-2b"]
+OVERLAYS = {name: [EXPERIMENTS / f"{name}.yaml"] for name in [*PAPER, "smollm2-135m"]}
+OVERLAYS["smollm2-gpu"] = [EXPERIMENTS / "smollm2-135m.yaml", EXPERIMENTS / "smollm2-gpu.yaml"]
+PROFILES = {"slurm": REPO / "profiles" / "slurm", "local-gpu": REPO / "profiles" / "local-gpu"}
+
+
+def merged(*overlays):
+    """Snakemake's --configfile semantics: later files update earlier ones, nested dicts key by key."""
+    def update(base, extra):
+        for key, value in extra.items():
+            base[key] = update(base.get(key, {}), value) if isinstance(value, dict) and isinstance(
+                base.get(key), dict) else value
+        return base
+    config = yaml.safe_load(open(DEFAULT))
+    for path in overlays:
+        config = update(config, yaml.safe_load(open(path)))
+    return config
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_overlay_validates_against_the_schema(name):
+    from snakemake.utils import validate
+    config = merged(*OVERLAYS[name])
+    validate(copy.deepcopy(config), str(REPO / "config" / "schema.yaml"))
+    assert config["experiment"] == name
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_overlays_name_the_papers_models_data_and_benchmarks(name):
+    config = merged(*OVERLAYS[name])
+    assert config["data"]["source"] == "hub"
+    hub = config["data"]["hub"]
+    assert (hub["sft_dataset"], hub["sft_split"]) == ("HuggingFaceH4/ultrachat_200k", "train_sft")
+    assert hub["prefs_dataset"] == "HuggingFaceH4/ultrafeedback_binarized"
+    assert (hub["prefs_train_split"], hub["prefs_eval_split"], hub["ppo_split"], hub["eval_id_split"]) == (
+        "train_prefs", "test_prefs", "train_gen", "test_gen")
+    assert config["base_model"]["model"] in {"meta-llama/Llama-2-7b-hf", "mistralai/Mistral-7B-v0.1",
+                                             "google/gemma-2b"}
+    enabled = {b for b, spec in config["benchmarks"].items() if spec.get("enabled", True)}
+    assert enabled == {"mt_bench", "arena_hard_v0.1"}
+    assert all(config["benchmarks"][b]["judge"] == "openai" for b in enabled)
+    assert config["ppo"]["methods"]["salsa"] == {"init": "soup/uniform", "reference": "soup/uniform"}
+    assert config["sft"]["dtype"] == "bfloat16" and config["resources"]["sft"]["gpus"] > 1
+
+
+def test_hub_block_of_the_schema_lists_only_real_flags():
+    from salsa.hub_data import HubDataConfig
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    hub = set(schema["properties"]["data"]["properties"]["hub"]["properties"])
+    assert hub <= {f.name for f in dataclasses.fields(HubDataConfig)}
+
+
+@pytest.mark.parametrize("name", ["ddp", "deepspeed-zero3", "fsdp"])
+def test_accelerate_configs_parse(name):
+    config = yaml.safe_load((REPO / "config" / "accelerate" / f"{name}.yaml").read_text())
+    assert config["distributed_type"] == {"ddp": "MULTI_GPU", "deepspeed-zero3": "DEEPSPEED", "fsdp": "FSDP"}[name]
+
+
+def jobs(output: str) -> dict[str, list[tuple[str, str]]]:
+    """rule -> [(resources line, shell command)] from `snakemake -n -p` output."""
+    found: dict[str, list] = {}
+    for block in re.split(r"\n(?=\[[^\]]+\]\nrule |\nrule )", output):
+        rule = re.search(r"^rule (\w+):", block, re.M)
+        if rule:
+            resources = re.search(r"resources: (.*)", block)
+            shell = (re.search(r"Shell command: (.*)", block)
+                     or re.search(r"^\s+(python -m .*|accelerate .*)$", block, re.M))
+            found.setdefault(rule.group(1), []).append((resources.group(1) if resources else "",
+                                                         shell.group(1) if shell else ""))
+    return found
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_dry_run_under_each_profile(name, profile, tmp_path, monkeypatch):
+    monkeypatch.setenv("SALSA_SLURM_PARTITION", "gpu")
+    overlay_files = [str(p) for p in OVERLAYS[name]]
+    # a workstation declares how many GPUs it has; fewer than a job asks for would cap the job's count
+    machine = ["--resources", "gpu=8"] if profile == "local-gpu" else []
+    proc = snakemake(tmp_path, "-n", "-p", "--profile", str(PROFILES[profile]), *machine, "--configfile", DEFAULT,
+                     *overlay_files)
+    rules = scheduled_rules(proc.stdout)
+    config = merged(*OVERLAYS[name])
+    assert rules["sft"] == len(config["sft"]["seeds"]) and rules["soup"] == 1 and rules["tables"] == 1
+    by_rule = jobs(proc.stdout + proc.stderr)
+    for rule, stage in (("sft", "sft"), ("reward_model", "reward_model"), ("ppo", "ppo"), ("evaluate", "evaluate")):
+        gpus = config.get("resources", {}).get(stage, {}).get("gpus", 0)
+        resources, shell = by_rule[rule][0]
+        assert f"gpu={gpus}" in resources, (rule, resources)
+        if gpus > 1:
+            accelerate = config["resources"][stage]["accelerate_config"]
+            assert shell.startswith("accelerate launch --config_file") and f"{accelerate}.yaml" in shell
+            assert f"--num_processes {gpus} -m salsa." in shell
+        else:
+            assert shell.startswith("python -m salsa."), shell
+    if profile == "slurm":
+        assert "slurm_partition=gpu" in by_rule["sft"][0][0]
+
+
+def test_more_than_one_gpu_for_a_single_process_stage_is_refused(tmp_path):
+    overlay = tmp_path / "eval8.yaml"
+    overlay.write_text("resources:\n  evaluate: {gpus: 8}\n")
+    proc = snakemake(tmp_path, "-n", "--configfile", DEFAULT, str(overlay), check=False)
+    assert proc.returncode != 0 and "resources.evaluate.gpus" in proc.stdout + proc.stderr
