@@ -7,7 +7,9 @@ rule reward_model:
     output:
         directory(result("reward_model")),
     params:
-        args=cli(config["reward_model"]),
+        # normalisation samples are drawn as PPO draws its rollouts, unless set explicitly
+        args=cli({**{k: v for k, v in config["ppo"].get("params", {}).items()
+                     if k in ("max_new_tokens", "temperature")}, **config["reward_model"]}),
     threads: THREADS
     log:
         result("logs", "reward_model.log"),

@@ -71,15 +71,39 @@ def test_ppo_kl_to_a_different_reference_matches_an_independent_computation(tiny
         assert record["kl"] == pytest.approx(expected.item(), abs=1e-4)
 
 
+def reference_logprob(model_dir, record):
+    reference = load_causal_lm(str(model_dir)).eval()
+    ids = torch.tensor([record["query_ids"] + record["response_ids"]])
+    with torch.no_grad():
+        return response_logprobs(reference, ids, torch.ones_like(ids), len(record["query_ids"])).sum().item()
+
+
 def test_lora_policy_uses_the_disabled_adapter_only_when_init_is_reference(tiny, tmp_path):
-    metrics, _ = run_ppo(tiny, tmp_path / "same", tiny["sft1"], tiny["sft1"], "--lora-r", "4")
+    metrics, rollouts = run_ppo(tiny, tmp_path / "same", tiny["sft1"], tiny["sft1"], "--lora-r", "4",
+                                "--lr", "3e-3")
     summary = json.loads((tmp_path / "same" / "summary.json").read_text())
     assert summary["reference_via_disabled_adapter"] is True
-    assert metrics["kl"][0] == 0.0
-    metrics, _ = run_ppo(tiny, tmp_path / "other", tiny["soup"], tiny["sft1"], "--lora-r", "4")
+    assert metrics["kl"][0] == 0.0 and metrics["kl"].iloc[-1] != 0.0  # the adapter did move the policy
+    # after the policy moved, the disabled-adapter reference still gives sft1's own log-probs
+    for record in [r for r in rollouts if r["update"] == 2]:
+        assert record["ref_logprob"] == pytest.approx(reference_logprob(tiny["sft1"], record), abs=1e-4)
+    metrics, rollouts = run_ppo(tiny, tmp_path / "other", tiny["soup"], tiny["sft1"], "--lora-r", "4")
     summary = json.loads((tmp_path / "other" / "summary.json").read_text())
     assert summary["reference_via_disabled_adapter"] is False
     assert metrics["kl"][0] != 0.0
+    for record in [r for r in rollouts if r["update"] == 2]:
+        assert record["ref_logprob"] == pytest.approx(reference_logprob(tiny["sft1"], record), abs=1e-4)
+
+
+def test_missing_eos_score_replaces_only_unfinished_responses(tiny, tmp_path):
+    from salsa.modeling import load_tokenizer
+    eos = load_tokenizer(str(tiny["sft1"])).eos_token_id
+    _, rollouts = run_ppo(tiny, tmp_path / "run", tiny["sft1"], tiny["sft1"], "--max-new-tokens", "2",
+                          "--missing-eos-score", "-7")
+    finished = [r for r in rollouts if r["response_ids"][-1] == eos]
+    unfinished = [r for r in rollouts if r["response_ids"][-1] != eos]
+    assert unfinished and all(r["score"] == -7.0 for r in unfinished)
+    assert all(r["score"] != -7.0 for r in finished)
 
 
 def test_ppo_is_reproducible(tiny, tmp_path):

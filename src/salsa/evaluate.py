@@ -59,8 +59,10 @@ def evaluate_split(prompts, categories, model, tokenizer, reward_model, norm, ot
         texts = decode_responses(tokenizer, rollout)
         full_ids, full_mask, q_len = rollout.input_ids, rollout.attention_mask, rollout.query_ids.shape[1]
         response_mask = rollout.response_mask.float()
-        own = response_logprobs(model, full_ids, full_mask, q_len) * response_mask
-        kls = {name: (own - response_logprobs(other, full_ids, full_mask, q_len) * response_mask).sum(1)
+        # KL between the distributions actually sampled: both at the sampling temperature
+        t = config.temperature
+        own = response_logprobs(model, full_ids, full_mask, q_len, t) * response_mask
+        kls = {name: (own - response_logprobs(other, full_ids, full_mask, q_len, t) * response_mask).sum(1)
                for name, other in others.items()}
         proxy = (sequence_scores(reward_model, full_ids, full_mask) - norm[0]) / norm[1]
         lengths = rollout.response_lengths - rollout.ended_with_eos.long()

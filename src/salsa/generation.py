@@ -83,7 +83,8 @@ def truncate_after_eos(response_ids: torch.Tensor, eos_id: int, pad_id: int):
 
 def _cache_kwarg(model) -> str:
     """transformers >= 5.2x calls the KV cache `cache`; older releases `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper takes **kwargs
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()

@@ -140,6 +140,9 @@ def disable_dropout(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        for name in ("attention_dropout", "dropout"):  # attention layers copy the rate at construction
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
     config = getattr(model, "config", None)
     for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
         if config is not None and isinstance(getattr(config, name, None), float):
@@ -157,13 +160,21 @@ def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_length: int,
                       temperature: float = 1.0, return_entropy: bool = False):
-    """Log-probs of tokens ``input_ids[:, query_length:]`` under temperature-scaled logits."""
-    logits = forward_logits(model, input_ids, attention_mask)[:, query_length - 1:-1].float() / temperature
-    logprobs_all = F.log_softmax(logits, dim=-1)
+    """Log-probs of tokens ``input_ids[:, query_length:]`` under temperature-scaled logits.
+
+    The last token is not fed (its prediction is never used; attention is causal, so the
+    other positions do not change) and the LM head only runs on the response positions.
+    The entropy, if asked for, is a statistic: it carries no gradient.
+    """
+    inputs, mask = input_ids[:, :-1], attention_mask[:, :-1]
+    logits = model(input_ids=inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                   use_cache=False, logits_to_keep=input_ids.shape[1] - query_length).logits
+    logprobs_all = F.log_softmax(logits.float() / temperature, dim=-1)
     logprobs = logprobs_all.gather(-1, input_ids[:, query_length:, None]).squeeze(-1)
     if not return_entropy:
         return logprobs
-    entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)
+    with torch.no_grad():
+        entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)
     return logprobs, entropy
 
 
@@ -180,6 +191,12 @@ def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
     return score_head(model)(hidden).squeeze(-1).float()
+
+
+def response_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_length: int) -> torch.Tensor:
+    """Value-model outputs at the positions that predict the response tokens: [batch, response]
+    (``token_scores(...)[:, query_length - 1:-1]`` without running the unused last position)."""
+    return token_scores(model, input_ids[:, :-1], attention_mask[:, :-1])[:, query_length - 1:]
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from salsa import artifacts, training
 from salsa.args import arg, parse
 from salsa.generation import Rollout, decode_responses, encode_prompts, sample
 from salsa.modeling import (disable_dropout, load_causal_lm, load_reward_model, load_tokenizer,
-                            response_logprobs, save_model, score_head, sequence_scores, token_scores)
+                            response_logprobs, response_values, save_model, score_head, sequence_scores)
 from salsa.ppo_math import (AdaptiveKLController, FixedKLController, generalized_advantages, kl_per_token,
                             masked_mean, masked_whiten, policy_loss, token_rewards, value_loss)
 from salsa.reward import load_normalization
@@ -50,7 +51,7 @@ class PPOConfig:
     seed: int = arg(0, help="prompt order and sampling")
     updates: int = arg(40, help="PPO updates (each: one rollout batch)")
     batch_size: int = arg(64, help="prompts per rollout batch")
-    mini_batch_size: int = arg(32, help="rollouts per gradient step")
+    mini_batch_size: int = arg(32, help="rollouts per gradient step on each process")
     ppo_epochs: int = arg(4, help="passes over each rollout batch")
     max_new_tokens: int = arg(16, help="response length limit")
     temperature: float = arg(1.0, help="sampling temperature (log-probs use the same scaling)")
@@ -96,21 +97,45 @@ def same_checkpoint(a: str, b: str) -> bool:
 class Reference:
     """Reference log-probs: a frozen model, or the policy with its LoRA adapter disabled."""
 
-    def __init__(self, config: PPOConfig, policy, device):
+    def __init__(self, config: PPOConfig, policy, accelerator):
         self.policy = policy
+        self.accelerator = accelerator  # the reference runs under the policy's autocast: no spurious KL
         self.uses_disabled_adapter = config.lora_r > 0 and same_checkpoint(config.policy, config.reference)
         self.model = None
         if not self.uses_disabled_adapter:
-            self.model = load_causal_lm(config.reference, config.dtype).to(device).eval()
+            self.model = load_causal_lm(config.reference, config.dtype).to(accelerator.device).eval()
             disable_dropout(self.model)
             self.model.requires_grad_(False)
 
     @torch.no_grad()
     def logprobs(self, ids, mask, query_length, temperature):
-        if self.uses_disabled_adapter:
-            with self.policy.disable_adapter():
-                return response_logprobs(self.policy, ids, mask, query_length, temperature)
-        return response_logprobs(self.model, ids, mask, query_length, temperature)
+        with self.accelerator.autocast():
+            if self.uses_disabled_adapter:
+                with self.policy.disable_adapter():
+                    return response_logprobs(self.policy, ids, mask, query_length, temperature)
+            return response_logprobs(self.model, ids, mask, query_length, temperature)
+
+
+class PolicyAndValue(torch.nn.Module):
+    """Policy and value model in one module, so a single DDP wrapper synchronises both.
+
+    Values are offset by -mean/std of the reward normalisation: the value model starts as
+    the reward model (its head scaled by 1/std), so its outputs begin on the normalised
+    reward's scale instead of being shifted by a constant the value clip would take
+    many updates to unlearn.
+    """
+
+    def __init__(self, policy, value_model, value_offset: float):
+        super().__init__()
+        self.policy, self.value_model, self.value_offset = policy, value_model, value_offset
+
+    def values(self, ids, mask, query_length):
+        return response_values(self.value_model, ids, mask, query_length) + self.value_offset
+
+    def forward(self, ids, mask, query_length, temperature):
+        logprobs, entropy = response_logprobs(self.policy, ids, mask, query_length, temperature,
+                                              return_entropy=True)
+        return logprobs, entropy, self.values(ids, mask, query_length)
 
 
 def load_prompts(data: str) -> list[str]:
@@ -145,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     if training.shards_weights(accelerator):  # each process samples its own rollouts: no weight sharding
         raise artifacts.StageError("ppo: use the ddp accelerate config (with lora_r for 7B models), "
                                    "not ZeRO-3/FSDP")
+    if config.batch_size % (accelerator.num_processes * config.mini_batch_size):
+        raise artifacts.StageError(f"ppo: batch_size {config.batch_size} must be a multiple of mini_batch_size "
+                                   f"{config.mini_batch_size} x {accelerator.num_processes} processes")
     device = accelerator.device
     tokenizer = load_tokenizer(config.policy)
     prompts = load_prompts(config.data)
@@ -165,21 +193,26 @@ def main(argv: list[str] | None = None) -> None:
         backbone = getattr(value_model, value_model.base_model_prefix)
         setattr(value_model, value_model.base_model_prefix, get_peft_model(backbone, LoraConfig(
             r=config.value_lora_r, lora_alpha=config.lora_alpha, target_modules=list(config.lora_target_modules))))
-    if not config.value_model:
-        # start the values on the normalised reward's scale (the head has no bias to shift)
+    value_offset = 0.0
+    if not config.value_model:  # start the values on the normalised reward's scale
         with torch.no_grad():
             score_head(value_model).weight.div_(score_std)
+        value_offset = -score_mean / score_std
     reward_model = load_reward_model(config.reward_model, config.dtype).to(device).eval()
     reward_model.requires_grad_(False)
-    reference = Reference(config, policy, device)
+    reference = Reference(config, policy, accelerator)
+    model = PolicyAndValue(policy, value_model, value_offset)
 
-    optimizer = torch.optim.AdamW([p for m in (policy, value_model) for p in m.parameters() if p.requires_grad],
-                                  lr=config.lr, eps=config.adam_eps)
+    # plain Adam as in the reference implementation: no weight decay pulling toward zero
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  eps=config.adam_eps, weight_decay=0.0, fused=device.type in ("cpu", "cuda"))
     scheduler = training.linear_schedule(optimizer, config.updates)
-    policy, value_model, optimizer, scheduler = accelerator.prepare(policy, value_model, optimizer, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
     kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                      if config.adaptive_kl else FixedKLController(config.kl_coef))
-    sampler = torch.Generator().manual_seed(config.seed)
+    # each process draws its own samples; process 0 keeps the single-process stream
+    sampler = torch.Generator().manual_seed(config.seed + 1_000_003 * accelerator.process_index)
     start = training.try_resume(accelerator, config.out, config)
     rows: list[dict] = []
     rollout_log: list[dict] = []
@@ -196,9 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.time()
         batch_prompts = [prompts[int(i)] for i in training.shard_for_process(next(prompt_batches), accelerator)]
         query_ids, query_mask = encode_prompts(tokenizer, batch_prompts, device)
-        policy.eval()
-        unwrapped = accelerator.unwrap_model(policy)
-        rollout = sample(unwrapped, query_ids, query_mask, max_new_tokens=config.max_new_tokens,
+        model.eval()
+        rollout = sample(unwrapped.policy, query_ids, query_mask, max_new_tokens=config.max_new_tokens,
                          eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
                          temperature=config.temperature, generator=sampler)
         t1 = time.time()
@@ -216,9 +248,11 @@ def main(argv: list[str] | None = None) -> None:
         raw_scores = torch.zeros(n, device=device)
         with torch.no_grad():
             for chunk in epoch_orders[0].split(mb):
-                old_logprobs[chunk] = response_logprobs(policy, ids[chunk], mask[chunk], q_len, config.temperature)
+                with accelerator.autocast():
+                    old_logprobs[chunk] = response_logprobs(unwrapped.policy, ids[chunk], mask[chunk], q_len,
+                                                            config.temperature)
+                    old_values[chunk] = unwrapped.values(ids[chunk], mask[chunk], q_len)
                 ref_logprobs[chunk] = reference.logprobs(ids[chunk], mask[chunk], q_len, config.temperature)
-                old_values[chunk] = token_scores(value_model, ids[chunk], mask[chunk])[:, q_len - 1:-1]
                 raw_scores[chunk] = sequence_scores(reward_model, ids[chunk], mask[chunk])
         scores = (raw_scores - score_mean) / score_std
         texts = decode_responses(tokenizer, rollout)
@@ -227,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise artifacts.StageError(f"{config.data}/task.json: oracle_gold needs a task with a gold reward")
             scores = torch.tensor([gold(p, t) for p, t in zip(batch_prompts, texts)], device=device)
         if config.missing_eos_score is not None:
-            scores = torch.where(rollout.ended_with_eos, torch.full_like(scores, config.missing_eos_score), scores)
+            scores = torch.where(rollout.ended_with_eos, scores, torch.full_like(scores, config.missing_eos_score))
         else:
             scores = scores - config.missing_eos_penalty * (~rollout.ended_with_eos).float()
 
@@ -242,17 +276,14 @@ def main(argv: list[str] | None = None) -> None:
         t2 = time.time()
 
         # 5. optimisation epochs
-        policy.train()
-        value_model.train()
+        model.train()  # dropout is off everywhere; train() only matters for DDP's gradient hooks
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "vf_clipfrac",
                                                          "approx_kl", "entropy")}
         first_ratio_deviation = None
         for order in epoch_orders:
             for chunk in order.split(mb):
                 m = response_mask[chunk]
-                new_logprobs, entropy = response_logprobs(policy, ids[chunk], mask[chunk], q_len,
-                                                          config.temperature, return_entropy=True)
-                new_values = token_scores(value_model, ids[chunk], mask[chunk])[:, q_len - 1:-1]
+                new_logprobs, entropy, new_values = model(ids[chunk], mask[chunk], q_len, config.temperature)
                 pg, clipfrac, approx_kl, ratio = policy_loss(new_logprobs, old_logprobs[chunk], advantages[chunk],
                                                              m, config.cliprange)
                 vf, vf_clipfrac = value_loss(new_values, old_values[chunk], returns[chunk], m, config.cliprange_value)
@@ -260,39 +291,46 @@ def main(argv: list[str] | None = None) -> None:
                     first_ratio_deviation = ((ratio - 1.0).abs() * m).max().item()
                 loss = pg + config.vf_coef * vf
                 accelerator.backward(loss)
-                accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                            config.max_grad_norm)
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 for key, value in (("pg_loss", pg), ("vf_loss", vf), ("clipfrac", clipfrac),
                                    ("vf_clipfrac", vf_clipfrac), ("approx_kl", approx_kl),
                                    ("entropy", masked_mean(entropy.detach(), m))):
                     stats[key].append(value.item())
+        learning_rate = scheduler.get_last_lr()[0]  # the rate this update used
         scheduler.step()
         t3 = time.time()
 
-        # bookkeeping
+        # bookkeeping over the whole batch (every process's rollouts), so all processes agree on beta
         sequence_kl = kl.sum(1)
-        kl_controller.update(sequence_kl.mean().item(), n)
         lengths = rollout.response_lengths.float() - rollout.ended_with_eos.float()  # EOS is not content
+        gold_scores = torch.tensor([gold(p, t) for p, t in zip(batch_prompts, texts)] if gold else [math.nan] * n,
+                                   device=device)
+        per_sample = {name: accelerator.gather(value.float()) for name, value in {
+            "score": scores, "raw": raw_scores, "gold": gold_scores, "kl": sequence_kl,
+            "kl_k1": (kl_per_token(old_logprobs, ref_logprobs, "k1") * response_mask).sum(1),
+            "kl_k3": (kl_per_token(old_logprobs, ref_logprobs, "k3") * response_mask).sum(1),
+            "length": lengths, "no_eos": (~rollout.ended_with_eos).float()}.items()}
+        kl_controller.update(per_sample["kl"].mean().item(), config.batch_size)
         row = {
             "update": update + 1, "episodes": (update + 1) * config.batch_size,
-            "proxy_score": scores.mean().item(), "proxy_score_raw": raw_scores.mean().item(),
-            "gold": sum(gold(p, t) for p, t in zip(batch_prompts, texts)) / n if gold else float("nan"),
-            "kl": (kl_per_token(old_logprobs, ref_logprobs, "k1") * response_mask).sum(1).mean().item(),
-            "kl_k3": (kl_per_token(old_logprobs, ref_logprobs, "k3") * response_mask).sum(1).mean().item(),
-            "beta": beta, "non_score_reward": (-beta * sequence_kl).mean().item(),
-            "response_length": lengths.mean().item(), "empty_fraction": (lengths == 0).float().mean().item(),
-            "no_eos_fraction": (~rollout.ended_with_eos).float().mean().item(),
-            **{k: sum(v) / len(v) for k, v in stats.items()},
+            "proxy_score": per_sample["score"].mean().item(), "proxy_score_raw": per_sample["raw"].mean().item(),
+            "gold": per_sample["gold"].mean().item(),
+            "kl": per_sample["kl_k1"].mean().item(), "kl_k3": per_sample["kl_k3"].mean().item(),
+            "beta": beta, "non_score_reward": (-beta * per_sample["kl"]).mean().item(),
+            "response_length": per_sample["length"].mean().item(),
+            "empty_fraction": (per_sample["length"] == 0).float().mean().item(),
+            "no_eos_fraction": per_sample["no_eos"].mean().item(),
+            **{k: sum(v) / len(v) for k, v in stats.items()},  # losses: this process's minibatches
             "ratio_deviation_first_minibatch": first_ratio_deviation,
-            "lr": scheduler.get_last_lr()[0],
+            "lr": learning_rate,
             "time_generate": t1 - t0, "time_score": t2 - t1, "time_train": t3 - t2,
         }
         rows.append(row)
         if update == 0 or update == config.updates - 1:
             rollout_log += _rollout_records(update + 1, batch_prompts, texts, rollout, scores, sequence_kl,
-                                            gold, config.rollout_samples)
+                                            ref_logprobs.sum(1), gold, config.rollout_samples)
         bar.update(1)
         bar.set_postfix(score=f"{row['proxy_score']:.2f}", kl=f"{row['kl']:.2f}", gold=f"{row['gold']:.2f}",
                         refresh=False)
@@ -302,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
                                      config, files={"sampler.pt": sampler.get_state()})
     bar.close()
 
-    policy = accelerator.unwrap_model(policy)
+    policy = accelerator.unwrap_model(model).policy
     if config.lora_r > 0:
         policy = policy.merge_and_unload()
     summary = {**rows[-1], "seconds": time.time() - started, "resumed_from_update": start,
@@ -322,14 +360,14 @@ def main(argv: list[str] | None = None) -> None:
           f"KL {row['kl']:.3f}, gold {row['gold']:.3f}, length {row['response_length']:.2f} -> {config.out}")
 
 
-def _rollout_records(update, prompts, texts, rollout: Rollout, scores, sequence_kl, gold, limit):
+def _rollout_records(update, prompts, texts, rollout: Rollout, scores, sequence_kl, ref_logprob, gold, limit):
     records = []
     for i in range(min(limit, len(prompts))):
         records.append({
             "update": update, "prompt": prompts[i], "response": texts[i],
             "query_ids": rollout.query_ids[i][rollout.query_mask[i].bool()].tolist(),
             "response_ids": rollout.response_ids[i][rollout.response_mask[i].bool()].tolist(),
-            "score": scores[i].item(), "kl": sequence_kl[i].item(),
+            "score": scores[i].item(), "kl": sequence_kl[i].item(), "ref_logprob": ref_logprob[i].item(),
             "gold": gold(prompts[i], texts[i]) if gold else None,
         })
     return records

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from salsa import artifacts, training
 from salsa.args import arg, parse
-from salsa.generation import decode_responses, encode_prompts, left_pad, sample
+from salsa.generation import encode_prompts, left_pad, sample
 from salsa.modeling import (disable_dropout, load_causal_lm, load_reward_model, load_tokenizer, save_model,
                             sequence_scores)
 
@@ -51,12 +51,17 @@ class RewardConfig:
 
 
 def encode_pairs(tokenizer, prompts: list[str], responses: list[str]):
-    """Full conversations (prompt + response + EOS), padded into one batch."""
+    """Generation prompt + response tokens + EOS, padded into one batch.
+
+    Built the way PPO's rollouts are (not from the full chat template, which may add
+    text after EOS), so the reward model is trained on the very token it is read at.
+    """
     ids = []
     for prompt, response in zip(prompts, responses):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
-                                              {"role": "assistant", "content": response}], tokenize=False)
-        ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        query = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                              add_generation_prompt=True)
+        ids.append(tokenizer(query, add_special_tokens=False)["input_ids"]
+                   + tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
     return left_pad(ids, tokenizer.pad_token_id)
 
 
@@ -108,13 +113,13 @@ def normalization_stats(reward_model, tokenizer, policy_path: str, prompts: list
     disable_dropout(policy)
     policy.eval()
     generator = torch.Generator().manual_seed(config.seed)
-    texts = []
-    for i in range(0, len(prompts), 128):
+    scores = []
+    for i in range(0, len(prompts), 128):  # scored on the sampled ids, exactly as PPO scores them
         ids, mask = encode_prompts(tokenizer, prompts[i:i + 128], reward_model.device)
         rollout = sample(policy, ids, mask, max_new_tokens=config.max_new_tokens, eos_id=tokenizer.eos_token_id,
                          pad_id=tokenizer.pad_token_id, temperature=config.temperature, generator=generator)
-        texts += decode_responses(tokenizer, rollout)
-    scores = score_texts(reward_model, tokenizer, prompts, texts)
+        scores.append(sequence_scores(reward_model, rollout.input_ids, rollout.attention_mask).cpu())
+    scores = torch.cat(scores)
     return {"mean": scores.mean().item(), "std": max(scores.std().item(), 1e-6), "samples": len(scores),
             "policy": policy_path, "temperature": config.temperature}
 

@@ -51,8 +51,8 @@ class SFTConfig:
 
 
 def tokenize_conversations(tokenizer, conversations: list[list[dict]], max_length: int,
-                           loss_on_prompt: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded input ids, attention mask and labels (-100 where no loss is taken)."""
+                           loss_on_prompt: bool) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) per conversation; labels are -100 where no loss is taken."""
     rows = []
     for messages in conversations:
         full = tokenizer.apply_chat_template(messages, tokenize=False)
@@ -61,8 +61,13 @@ def tokenize_conversations(tokenizer, conversations: list[list[dict]], max_lengt
         prompt_len = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         labels = list(full_ids) if loss_on_prompt else [-100] * prompt_len + full_ids[prompt_len:]
         rows.append((full_ids, labels[:len(full_ids)]))
+    return rows
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Right-pad one batch to its own longest row: input ids, attention mask, labels."""
     width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     for i, (ids, lab) in enumerate(rows):
@@ -106,7 +111,7 @@ def train(config: SFTConfig, model, tokenizer, stage: str = "sft") -> dict:
     """The loop shared by `base_model` (from scratch) and `sft` (from a checkpoint)."""
     accelerator = training.make_accelerator(config.mixed_precision, config.seed)
     conversations = load_conversations(config.data, config.max_examples)
-    input_ids, attention, labels = tokenize_conversations(tokenizer, conversations, config.max_length,
+    rows = tokenize_conversations(tokenizer, conversations, config.max_length,
                                                           config.loss_on_prompt)
     if config.lora_r > 0 and training.shards_weights(accelerator):
         raise artifacts.StageError("lora_r: LoRA is merged on one process; use the ddp accelerate config, "
@@ -121,14 +126,14 @@ def train(config: SFTConfig, model, tokenizer, stage: str = "sft") -> dict:
     scheduler = training.linear_schedule(optimizer, config.steps, config.warmup_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     start = training.try_resume(accelerator, config.out, config)
-    batches = training.batch_indices(len(input_ids), config.batch_size, config.seed, start)
+    batches = training.batch_indices(len(rows), config.batch_size, config.seed, start)
     bar = training.progress(config.steps, start, stage, disable=not accelerator.is_main_process)
     model.train()
     losses = training.resume_extra(config.out).get("losses", []) if start else []
     started = time.time()
     for step in range(start, config.steps):
         idx = training.shard_for_process(next(batches), accelerator)
-        batch = [t[idx].to(accelerator.device) for t in (input_ids, attention, labels)]
+        batch = [t.to(accelerator.device) for t in collate([rows[int(i)] for i in idx], tokenizer.pad_token_id)]
         loss = lm_loss(model, *batch)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -147,7 +152,7 @@ def train(config: SFTConfig, model, tokenizer, stage: str = "sft") -> dict:
         model = model.merge_and_unload()
     window = losses[-20:] or [float("nan")]
     summary = {"final_loss": sum(window) / len(window), "steps": config.steps, "seconds": time.time() - started,
-               "examples": len(input_ids), "resumed_from_step": start}
+               "examples": len(rows), "resumed_from_step": start}
     if accelerator.is_main_process:
         with artifacts.atomic_dir(config.out) as tmp:
             save_model(model, tokenizer, tmp, state_dict)

@@ -24,7 +24,9 @@ def make_accelerator(mixed_precision: str = "no", seed: int = 0):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(mixed_precision=mixed_precision)
+    # our schedules count optimiser steps of the global batch: step them once per step,
+    # not once per process as accelerate's prepared scheduler would
+    accelerator = Accelerator(mixed_precision=mixed_precision, step_scheduler_with_optimizer=False)
     set_seed(seed)
     return accelerator
 
