@@ -135,16 +135,8 @@ def train(config: SFTConfig, model, tokenizer, stage: str = "sft") -> dict:
         idx = training.shard_for_process(next(batches), accelerator)
         batch = [t.to(accelerator.device) for t in collate([rows[int(i)] for i in idx], tokenizer.pad_token_id)]
         loss = lm_loss(model, *batch)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(training.finite_or_raise(loss.item(), f"{stage} loss at step {step}"))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            training.save_checkpoint(accelerator, config.out, step + 1, {"losses": losses}, config)
+        training.optimizer_step(accelerator, model, optimizer, scheduler, loss)
+        training.after_step(accelerator, config, bar, losses, loss.item(), step, stage)
     bar.close()
     state_dict = training.full_state_dict(accelerator, model)
     model = accelerator.unwrap_model(model)

@@ -171,3 +171,21 @@ def finite_or_raise(value: float, what: str) -> float:
     if not math.isfinite(value):
         raise artifacts.StageError(f"{what} became {value}: lower the learning rate or check the data")
     return value
+
+
+def optimizer_step(accelerator, model, optimizer, scheduler, loss, max_grad_norm: float = 1.0) -> None:
+    """Backward, clip, step the optimiser and the schedule, clear gradients."""
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def after_step(accelerator, config, bar, losses: list[float], loss: float, step: int, what: str) -> None:
+    """Record the loss (refusing NaN/inf), move the progress bar, checkpoint when due."""
+    losses.append(finite_or_raise(loss, f"{what} loss at step {step}"))
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+    if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+        save_checkpoint(accelerator, config.out, step + 1, {"losses": losses}, config)
