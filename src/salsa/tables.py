@@ -173,7 +173,7 @@ def plot_curves(results: Path, frame: pd.DataFrame, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     ppo = frame[frame.kind == "ppo"]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = plt.get_cmap("tab20").colors
     for i, (method, group) in enumerate(ppo.groupby("method", sort=False)):
         curves = [pd.read_csv(results / "ppo" / method / f"seed{seed}" / "metrics.csv") for seed in group.seed]
         mean = pd.concat(curves).groupby("update").mean(numeric_only=True)
@@ -205,8 +205,9 @@ def plot_frontier(frame: pd.DataFrame, path: Path) -> None:
         for kind, marker in (("sft", "s"), ("soup", "D")):
             part = frame[frame.kind == kind]
             ax.scatter(part.kl_sft_id, part[metric], marker=marker, color="black", label=kind)
-        for method, group in frame[frame.kind == "ppo"].groupby("method", sort=False):
-            ax.scatter(group.kl_sft_id, group[metric], label=method, alpha=0.8)
+        palette = plt.get_cmap("tab20").colors  # enough distinct colours for a sweep plus ablations
+        for i, (method, group) in enumerate(frame[frame.kind == "ppo"].groupby("method", sort=False)):
+            ax.scatter(group.kl_sft_id, group[metric], label=method, alpha=0.8, color=palette[i % len(palette)])
         ax.set_xlabel("KL to the first SFT (nats)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
