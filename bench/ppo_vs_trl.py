@@ -53,6 +53,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchmarks_md  # bench/ is on sys.path when a script here runs
+
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -350,19 +352,6 @@ def render(results: dict, args, loads: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(markdown: str) -> None:
-    """Replace (or append) only our section of BENCHMARKS.md."""
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + markdown
-    else:
-        following = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + markdown + (text[following + 1:] if following >= 0 else "")
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=6, help="PPO updates per run (the first is warm-up)")
@@ -419,7 +408,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if not args.no_write:
-        write_section(markdown)
+        benchmarks_md.write_section(SECTION, markdown)
 
 
 if __name__ == "__main__":

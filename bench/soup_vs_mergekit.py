@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import benchmarks_md  # bench/ is on sys.path when a script here runs
+
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Soup vs mergekit"
 HIDDEN, INTERMEDIATE, HEADS, VOCAB = 2048, 5632, 16, 16000
@@ -157,19 +159,6 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {cpu}, {mem_kb / 2**20:.0f} GiB RAM, load average at the end {' '.join(load)}"
 
 
-def write_section(markdown: str) -> None:
-    """Replace (or append) only our section of BENCHMARKS.md."""
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + markdown
-    else:
-        following = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + markdown + (text[following + 1:] if following >= 0 else "")
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gb", type=float, default=1.3, help="size of each bf16 input")
@@ -232,7 +221,7 @@ def main() -> None:
         "", *table, "", *[f"- {note}" for note in notes], ""])
     print(markdown)
     if not args.no_write:
-        write_section(markdown)
+        benchmarks_md.write_section(SECTION, markdown)
 
 
 if __name__ == "__main__":
