@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from pathlib import Path
 
 from salsa import artifacts
 from salsa.args import arg, parse
