@@ -18,6 +18,7 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/reward.smk"
 include: "rules/ppo.smk"
+include: "rules/dpo.smk"
 include: "rules/evaluate.smk"
 include: "rules/tables.smk"
 

@@ -17,7 +17,7 @@ wildcard_constraints:
     soup="[A-Za-z0-9_.-]+",
     method="[A-Za-z0-9_.-]+",
     seed=r"\d+",
-    model=r"sft/[A-Za-z0-9_.-]+|soup/[A-Za-z0-9_.-]+|ppo/[A-Za-z0-9_.-]+/seed\d+",
+    model=r"sft/[A-Za-z0-9_.-]+|soup/[A-Za-z0-9_.-]+|(ppo|dpo)/[A-Za-z0-9_.-]+/seed\d+",
     benchmark="[a-z0-9_.]+",
 
 
@@ -54,8 +54,8 @@ def resources_for(stage, key, default=None):
 
 # Stages whose loops shard batches over processes (salsa.training.shard_for_process);
 # evaluation and data preparation run as one process on one device.
-DATA_PARALLEL = {"base_model": "base", "sft": "sft", "reward_model": "reward", "ppo": "ppo"}
-SINGLE_PROCESS = {"evaluate": "evaluate", "prepare_data": "data"}
+DATA_PARALLEL = {"base_model": "base", "sft": "sft", "reward_model": "reward", "ppo": "ppo", "dpo": "dpo"}
+SINGLE_PROCESS = {"evaluate": "evaluate", "prepare_data": "data", "dpo_reference": "dpo_reference"}
 
 
 def launcher(stage, salsa_module=None):
@@ -114,14 +114,14 @@ def model_dir(ref):
     kind, _, name = ref.partition("/")
     if kind == "base":
         return result("base_model")
-    if kind in ("sft", "soup", "ppo"):
+    if kind in ("sft", "soup", "ppo", "dpo"):
         return result(kind, name)
     raise ValueError(f"unknown model reference {ref!r}")
 
 
 def model_path(ref):
-    """The loadable model directory (a PPO run keeps its policy in model/)."""
-    return model_dir(ref) + ("/model" if ref.startswith("ppo/") else "")
+    """The loadable model directory (a PPO or DPO run keeps its policy in model/)."""
+    return model_dir(ref) + ("/model" if ref.startswith(("ppo/", "dpo/")) else "")
 
 
 def is_gguf(model):
@@ -150,13 +150,14 @@ def data_args():
 
 
 
-# --- PPO methods ---------------------------------------------------------------
-def ppo_methods():
-    """Methods from config, with `sweep` entries expanded: salsa + {kl_coef: [0.1]} -> salsa-kl_coef0.1."""
+# --- PPO and DPO methods -------------------------------------------------------
+def expand_methods(block):
+    """A stage block's methods, `sweep` entries expanded: salsa + {kl_coef: [0.1]} -> salsa-kl_coef0.1.
+    Each keeps its own keys (init, reference, reward) and the block's params under its own."""
     methods = {}
-    for name, spec in config["ppo"]["methods"].items():
-        base = {"init": spec["init"], "reference": spec["reference"],
-                "params": {**config["ppo"].get("params", {}), **spec.get("params", {})}}
+    for name, spec in block.get("methods", {}).items():
+        base = {**{k: v for k, v in spec.items() if k not in ("params", "sweep")},
+                "params": {**block.get("params", {}), **spec.get("params", {})}}
         sweep = spec.get("sweep", {})
         if not sweep:
             methods[name] = base
@@ -166,22 +167,32 @@ def ppo_methods():
     return methods
 
 
+def ppo_methods():
+    return expand_methods(config["ppo"])
+
+
 PPO_METHODS = ppo_methods()
+DPO_METHODS = expand_methods(config.get("dpo", {}))
 
 
 def ppo_run_ids():
     return [f"ppo/{m}/seed{s}" for m in PPO_METHODS for s in config["ppo"]["seeds"]]
 
 
+def dpo_run_ids():
+    return [f"dpo/{m}/seed{s}" for m in DPO_METHODS for s in config.get("dpo", {}).get("seeds", [])]
+
+
 def evaluated_models():
     soups = [f"soup/{name}" for name in config.get("soups", {"uniform": {}})]
-    return [f"sft/{name}" for name in sft_names()] + soups + ppo_run_ids()
+    return [f"sft/{name}" for name in sft_names()] + soups + ppo_run_ids() + dpo_run_ids()
 
 
 def model_reference(model):
     """The KL reference a model was trained against (None for SFT models and soups)."""
     parts = model.split("/")
-    return PPO_METHODS[parts[1]]["reference"] if parts[0] == "ppo" else None
+    methods = {"ppo": PPO_METHODS, "dpo": DPO_METHODS}.get(parts[0])
+    return methods[parts[1]]["reference"] if methods else None
 
 
 def first_sft():

@@ -52,10 +52,13 @@ def parse_model_id(model_id: str) -> dict:
     parts = model_id.split("/")
     if parts[0] == "ppo" and len(parts) == 3:
         return {"kind": "ppo", "method": parts[1], "seed": parts[2].removeprefix("seed")}
+    if parts[0] == "dpo" and len(parts) == 3:  # aggregated beside the PPO methods, named apart from them
+        return {"kind": "dpo", "method": f"dpo/{parts[1]}", "seed": parts[2].removeprefix("seed")}
     if parts[0] in ("sft", "soup") and len(parts) == 2:
         return {"kind": parts[0], "method": parts[1], "seed": parts[1].removeprefix("seed")
                 if parts[1].startswith("seed") else ""}
-    raise artifacts.StageError(f"model id {model_id!r}: expected sft/<name>, soup/<name> or ppo/<method>/seed<N>")
+    raise artifacts.StageError(f"model id {model_id!r}: expected sft/<name>, soup/<name>, "
+                               "ppo/<method>/seed<N> or dpo/<method>/seed<N>")
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -88,7 +91,7 @@ def collect_rows(config: TablesConfig) -> pd.DataFrame:
 
 def aggregate(frame: pd.DataFrame, reference_method: str) -> pd.DataFrame:
     """Mean and 95% CI per PPO method over seeds, and Welch differences from the reference method."""
-    ppo = frame[frame.kind == "ppo"]
+    ppo = frame[frame.kind.isin(["ppo", "dpo"])]
     numeric = [c for c in ppo.columns if c not in ("model", "kind", "method", "seed")
                and pd.api.types.is_numeric_dtype(ppo[c])]
     out = []

@@ -1,0 +1,232 @@
+"""Stage `dpo`: direct preference optimisation against a configurable reference.
+
+With h = [log pi(y_w|x) - log pi_ref(y_w|x)] - [log pi(y_l|x) - log pi_ref(y_l|x)]
+(summed response log-probs of the chosen y_w and rejected y_l response):
+
+  dpo   (Rafailov et al. 2023):        -log sigmoid(beta h)
+  cdpo  (conservative DPO, labels flipped with probability eps):
+                                       -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)
+  ipo   (Azar et al. 2023):            (h - 1 / (2 beta))^2
+
+The reference is whatever the config names (an SFT model, a soup). Its log-probs
+come from the cache the `dpo_reference` stage writes, so a beta sweep never runs
+it again; without a cache they are computed here, and a LoRA policy on top of the
+reference checkpoint uses itself with the adapter disabled (as PPO does).
+The implicit reward beta * (log pi - log pi_ref) ranks each held-out pair; its
+accuracy on prefs_eval is logged as the run goes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from salsa import artifacts, training
+from salsa.args import arg, parse
+from salsa.dpo_reference import EncodedPairs, load_split, pair_batch, read_cache, sequence_logprobs
+from salsa.modeling import disable_dropout, load_causal_lm, load_tokenizer, save_model
+
+LOSSES = ("dpo", "cdpo", "ipo")
+
+
+@dataclasses.dataclass
+class DPOConfig:
+    """DPO, conservative DPO or IPO on the preference pairs the reward model learns from."""
+
+    policy: str = arg(help="initial policy (model directory or Hub id)")
+    reference: str = arg(help="reference model (model directory or Hub id)")
+    data: str = arg(help="prepared data directory with prefs_train/ and prefs_eval/")
+    out: str = arg(help="output directory: model/, metrics.csv, summary.json")
+    reference_logprobs: str = arg("", help="cache written by salsa.dpo_reference for this reference "
+                                           "(empty: compute the reference log-probs here)")
+    seed: int = arg(0, help="data order and LoRA init")
+    loss: str = arg("dpo", help="preference loss", choices=list(LOSSES))
+    beta: float = arg(0.1, help="beta: inverse strength of the implicit KL regularisation")
+    label_smoothing: float = arg(0.0, help="cdpo: probability eps that a preference label is flipped")
+    steps: int = arg(200, help="optimiser steps")
+    batch_size: int = arg(32, help="preference pairs per step")
+    lr: float = arg(1e-4, help="peak learning rate")
+    warmup_steps: int = arg(10, help="linear warm-up steps, then linear decay to zero")
+    max_grad_norm: float = arg(1.0, help="gradient clipping")
+    max_examples: int = arg(0, help="use only the first N training pairs (0 = all)")
+    eval_every: int = arg(20, help="implicit-reward accuracy on prefs_eval every N steps (and at the end)")
+    eval_batch_size: int = arg(64, help="pairs per forward pass when evaluating")
+    lora_r: int = arg(0, help="LoRA rank for the policy (0 = full fine-tuning)")
+    lora_alpha: int = arg(16, help="LoRA alpha")
+    lora_target_modules: list[str] = arg(["q_proj", "k_proj", "v_proj", "o_proj"], help="modules LoRA adapts")
+    dtype: str = arg("float32", help="weights dtype")
+    mixed_precision: str = arg("no", help="accelerate mixed precision: no, bf16 or fp16")
+    checkpoint_every: int = arg(0, help="save a resumable checkpoint every N steps (0 = never)")
+    threads: int = arg(0, help="torch CPU threads (0 = torch default)")
+
+    def validate(self) -> None:
+        if self.beta <= 0:
+            raise ValueError("beta must be positive")
+        if self.loss == "cdpo" and not 0 < self.label_smoothing < 0.5:
+            raise ValueError("loss cdpo needs 0 < label_smoothing < 0.5")
+        if self.loss != "cdpo" and self.label_smoothing:
+            raise ValueError(f"label_smoothing is only used by loss cdpo, not {self.loss}")
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise ValueError("steps, batch_size and eval_every must be positive")
+
+
+def log_ratio_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected) -> torch.Tensor:
+    """h: how much more the policy than the reference prefers chosen over rejected."""
+    return (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+
+
+def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                    ref_rejected: torch.Tensor, loss: str = "dpo", beta: float = 0.1,
+                    label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean loss over pairs; the inputs are summed response log-probs, one per pair."""
+    h = log_ratio_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    if loss == "ipo":
+        return ((h - 1.0 / (2.0 * beta)) ** 2).mean()
+    if loss not in ("dpo", "cdpo"):
+        raise ValueError(f"unknown preference loss {loss!r}; choose from {LOSSES}")
+    eps = label_smoothing if loss == "cdpo" else 0.0
+    return (-(1.0 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)).mean()
+
+
+def implicit_reward_accuracy(h: torch.Tensor) -> float:
+    """Share of pairs whose implicit reward ranks chosen above rejected (ties count half)."""
+    return ((h > 0).float().mean() + 0.5 * (h == 0).float().mean()).item()
+
+
+class ReferenceLogprobs:
+    """Summed reference log-probs of pairs by index: from the cache, or computed with a model."""
+
+    def __init__(self, config: DPOConfig, policy, accelerator, train: EncodedPairs, held_out: EncodedPairs,
+                 pad_id: int):
+        self.pad_id = pad_id
+        self.cached = None
+        self.model = None
+        if config.reference_logprobs:
+            self.cached = read_cache(config.reference_logprobs, {"prefs_train": train.fingerprint(),
+                                                                 "prefs_eval": held_out.fingerprint()})
+        else:
+            from salsa.ppo import Reference  # the same frozen-model / disabled-adapter rule as PPO
+
+            self.model = Reference(config, policy, accelerator)
+
+    @property
+    def uses_disabled_adapter(self) -> bool:
+        return self.model is not None and self.model.uses_disabled_adapter
+
+    def __call__(self, split: str, idx, ids, mask, response_mask, query_length):
+        if self.cached is not None:
+            idx = torch.as_tensor(idx, dtype=torch.long)
+            device = ids.device
+            return self.cached[f"{split}/chosen"][idx].to(device), self.cached[f"{split}/rejected"][idx].to(device)
+        logprobs = self.model.logprobs(ids, mask, query_length, 1.0).float()
+        return (logprobs * response_mask).sum(1).chunk(2)
+
+
+@torch.no_grad()
+def evaluate(policy, reference: ReferenceLogprobs, pairs: EncodedPairs, config: DPOConfig, device) -> dict:
+    margins, losses = [], []
+    for start in range(0, len(pairs), config.eval_batch_size):
+        idx = list(range(start, min(start + config.eval_batch_size, len(pairs))))
+        ids, mask, response_mask, q_len = [t.to(device) if torch.is_tensor(t) else t
+                                           for t in pair_batch(pairs, idx, reference.pad_id)]
+        pc, pr = sequence_logprobs(policy, ids, mask, response_mask, q_len)
+        rc, rr = reference("prefs_eval", idx, ids, mask, response_mask, q_len)
+        margins.append(log_ratio_margin(pc, pr, rc, rr).float().cpu())
+        losses.append(preference_loss(pc, pr, rc, rr, config.loss, config.beta, config.label_smoothing).item()
+                      * len(idx))
+    h = torch.cat(margins)
+    return {"eval_accuracy": implicit_reward_accuracy(h), "eval_loss": sum(losses) / len(h),
+            "eval_margin": config.beta * h.mean().item()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse(DPOConfig, argv)
+    artifacts.set_threads(config.threads)
+    artifacts.seed_everything(config.seed)
+    accelerator = training.make_accelerator(config.mixed_precision, config.seed)
+    device = accelerator.device
+    tokenizer = load_tokenizer(config.policy)
+    train = load_split(tokenizer, config.data, "prefs_train")
+    held_out = load_split(tokenizer, config.data, "prefs_eval")
+    n_train = min(config.max_examples or len(train), len(train))
+
+    policy = load_causal_lm(config.policy, config.dtype)
+    disable_dropout(policy)
+    if config.lora_r > 0:
+        if training.shards_weights(accelerator):
+            raise artifacts.StageError("dpo: LoRA is merged on one process; use the ddp accelerate config")
+        from peft import LoraConfig, get_peft_model
+        policy = get_peft_model(policy, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                                                   target_modules=list(config.lora_target_modules),
+                                                   task_type="CAUSAL_LM"))
+    reference = ReferenceLogprobs(config, policy, accelerator, train, held_out, tokenizer.pad_token_id)
+    optimizer = training.adamw(policy, config.lr)
+    scheduler = training.linear_schedule(optimizer, config.steps, config.warmup_steps)
+    model, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    start = training.try_resume(accelerator, config.out, config)
+    rows: list[dict] = training.resume_extra(config.out).get("rows", []) if start else []
+    batches = training.batch_indices(n_train, config.batch_size, config.seed, start)
+    bar = training.progress(config.steps, start, "dpo", disable=not accelerator.is_main_process)
+    started = time.time()
+    for step in range(start, config.steps):
+        idx = training.shard_for_process(next(batches), accelerator)
+        ids, mask, response_mask, q_len = pair_batch(train, idx, tokenizer.pad_token_id)
+        ids, mask, response_mask = ids.to(device), mask.to(device), response_mask.to(device)
+        model.train()
+        pc, pr = sequence_logprobs(model, ids, mask, response_mask, q_len)
+        rc, rr = reference("prefs_train", idx, ids, mask, response_mask, q_len)
+        loss = preference_loss(pc, pr, rc, rr, config.loss, config.beta, config.label_smoothing)
+        learning_rate = scheduler.get_last_lr()[0]
+        training.optimizer_step(accelerator, model, optimizer, scheduler, loss, config.max_grad_norm)
+        h = log_ratio_margin(pc, pr, rc, rr).detach()
+        row = {"step": step + 1, "pairs": (step + 1) * config.batch_size,
+               "loss": training.finite_or_raise(loss.item(), f"dpo loss at step {step}"),
+               "accuracy": implicit_reward_accuracy(h), "margin": config.beta * h.mean().item(),
+               "chosen_reward": config.beta * (pc - rc).detach().mean().item(),
+               "rejected_reward": config.beta * (pr - rr).detach().mean().item(), "lr": learning_rate,
+               "eval_accuracy": math.nan, "eval_loss": math.nan, "eval_margin": math.nan}
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            model.eval()
+            row.update(evaluate(unwrapped, reference, held_out, config, device))
+        rows.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}", refresh=False)
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            training.save_checkpoint(accelerator, config.out, step + 1, {"rows": rows}, config)
+    bar.close()
+
+    policy = accelerator.unwrap_model(model)
+    if config.lora_r > 0:
+        policy = policy.merge_and_unload()
+    summary = {**rows[-1], "seconds": time.time() - started, "resumed_from_step": start,
+               "reference": config.reference, "policy_init": config.policy,
+               "reference_cached": bool(config.reference_logprobs),
+               "reference_via_disabled_adapter": reference.uses_disabled_adapter}
+    if accelerator.is_main_process:
+        with artifacts.atomic_dir(config.out) as tmp:
+            save_model(policy, tokenizer, tmp / "model")
+            _write_csv(tmp / "metrics.csv", rows)
+            artifacts.write_json(tmp / "summary.json", summary)
+            artifacts.write_metadata(tmp, "dpo", config, config.seed,
+                                     extra={"eval_accuracy": summary["eval_accuracy"]})
+        training.clear_checkpoints(config.out)
+    print(f"dpo: {config.loss} beta {config.beta}, {config.steps} steps in {summary['seconds']:.1f}s; "
+          f"held-out implicit-reward accuracy {summary['eval_accuracy']:.3f} -> {config.out}")
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(artifacts.run_main(main))
