@@ -306,8 +306,12 @@ def copy_non_weight_files(source: Path, directory: Path) -> list[str]:
 
 
 def average_checkpoints(inputs: list[Path], weights: list[float], out: Path, max_shard_bytes: int,
-                        *, config: object = None, seed: int | None = None) -> dict:
-    """Write the weighted average of ``inputs`` to ``out``; return a summary. Checks everything first."""
+                        *, config: object = None, seed: int | None = None, finish=None) -> dict:
+    """Write the weighted average of ``inputs`` to ``out``; return a summary. Checks everything first.
+
+    ``finish(directory) -> dict``, if given, runs on the written soup before it is renamed into
+    place (e.g. a reward soup recomputes its normalisation); its dict goes into salsa_meta.json.
+    """
     inputs, out = [Path(p) for p in inputs], Path(out)
     weights = check_weights(list(weights), len(inputs))
     if max_shard_bytes <= 0:
@@ -324,8 +328,9 @@ def average_checkpoints(inputs: list[Path], weights: list[float], out: Path, max
     with artifacts.atomic_dir(out) as tmp:
         summary = write_soup_weights(tables, weights, tmp, max_shard_bytes)
         summary["copied"] = copy_non_weight_files(inputs[0], tmp)
+        finished = finish(tmp) if finish is not None else {}
         artifacts.write_metadata(tmp, "soup", config, seed, extra={
-            "ingredients": [str(p) for p in inputs], "weights": weights})
+            "ingredients": [str(p) for p in inputs], "weights": weights, **finished})
     return summary
 
 
