@@ -195,6 +195,16 @@ def model_reference(model):
     return methods[parts[1]]["reference"] if methods else None
 
 
+def reward_dir(ref="reward_model"):
+    """reward_model (the default), reward/<name> (a WARM replica) or reward_soup/<name> -> its directory."""
+    kind, _, name = ref.partition("/")
+    if ref == "reward_model":
+        return result("reward_model")
+    if kind in ("reward", "reward_soup") and name:
+        return result(kind, name)
+    raise ValueError(f"unknown reward model {ref!r}")
+
+
 def first_sft():
     return f"sft/seed{config['sft']['seeds'][0]}"
 

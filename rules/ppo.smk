@@ -3,7 +3,7 @@ rule ppo:
         data=result("data"),
         policy=lambda w: model_dir(PPO_METHODS[w.method]["init"]),
         reference=lambda w: model_dir(PPO_METHODS[w.method]["reference"]),
-        reward=result("reward_model"),
+        reward=lambda w: reward_dir(PPO_METHODS[w.method].get("reward", "reward_model")),
         src=src("ppo", "ppo_math", "training", "modeling", "generation"),
     output:
         directory(result("ppo", "{method}", "seed{seed}")),

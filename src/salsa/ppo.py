@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from salsa import artifacts, training
+from salsa.anchor import MovingAnchor
 from salsa.args import arg, parse
 from salsa.generation import Rollout, decode_responses, encode_prompts, sample
 from salsa.modeling import (disable_dropout, load_causal_lm, load_reward_model, load_tokenizer,
@@ -82,6 +83,11 @@ class PPOConfig:
     rollout_samples: int = arg(16, help="rollouts written to rollouts.jsonl at the first and last update")
     checkpoint_every: int = arg(0, help="save a resumable checkpoint every N updates (0 = never)")
     threads: int = arg(0, help="torch CPU threads (0 = torch default)")
+    anchor: str = arg("none", help="moving KL reference: none, ema (ref <- (1-rate) ref + rate policy after "
+                                   "each update) or sync (ref <- policy every anchor_sync_every updates)",
+                      choices=["none", "ema", "sync"])
+    anchor_rate: float = arg(0.01, help="anchor ema: the rate eta")
+    anchor_sync_every: int = arg(10, help="anchor sync: updates between syncs")
 
     def validate(self) -> None:
         if self.batch_size % self.mini_batch_size:
@@ -201,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     reward_model = load_reward_model(config.reward_model, config.dtype).to(device).eval()
     reward_model.requires_grad_(False)
     reference = Reference(config, policy, accelerator)
+    anchor = MovingAnchor(config, reference, accelerator)  # anchor none: the reference stays where it is
     model = PolicyAndValue(policy, value_model, value_offset)
 
     # plain Adam as in the reference implementation: no weight decay pulling toward zero
@@ -220,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
         state = training.resume_extra(config.out)
         kl_controller.beta, rows, rollout_log = state["beta"], state["rows"], state["rollout_log"]
         sampler.set_state(torch.load(training.resume_file(config.out, "sampler.pt")))
+        if anchor.active:
+            anchor.resume(training.resume_file(config.out, "anchor.pt"))
     prompt_batches = training.batch_indices(len(prompts), config.batch_size, config.seed, start)
     bar = training.progress(config.updates, start, "ppo", disable=not accelerator.is_main_process)
     started = time.time()
@@ -300,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
                     stats[key].append(value.item())
         learning_rate = scheduler.get_last_lr()[0]  # the rate this update used
         scheduler.step()
+        anchor.after_update(unwrapped.policy, update)
         t3 = time.time()
 
         # bookkeeping over the whole batch (every process's rollouts), so all processes agree on beta
@@ -324,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
             "no_eos_fraction": per_sample["no_eos"].mean().item(),
             **{k: sum(v) / len(v) for k, v in stats.items()},  # losses: this process's minibatches
             "ratio_deviation_first_minibatch": first_ratio_deviation,
+            **anchor.kl_to_initial(old_logprobs, ids, mask, q_len, config.temperature, response_mask, mb),
             "lr": learning_rate,
             "time_generate": t1 - t0, "time_score": t2 - t1, "time_train": t3 - t2,
         }
@@ -337,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         if config.checkpoint_every and (update + 1) % config.checkpoint_every == 0 and update + 1 < config.updates:
             training.save_checkpoint(accelerator, config.out, update + 1,
                                      {"beta": kl_controller.beta, "rows": rows, "rollout_log": rollout_log},
-                                     config, files={"sampler.pt": sampler.get_state()})
+                                     config, files={"sampler.pt": sampler.get_state(), **anchor.checkpoint_files()})
     bar.close()
 
     policy = accelerator.unwrap_model(model).policy

@@ -1,0 +1,62 @@
+# WARM: reward-model replicas reward/<name> (the reward_model block overridden by
+# reward_models.<name>, e.g. another seed) and their weight-averaged soups reward_soup/<name>,
+# averaged by the soup code and renormalised. A PPO method picks one with `reward:`.
+def reward_settings(name):
+    return {**config["reward_model"], **config.get("reward_models", {})[name]}
+
+
+def reward_soup_settings(name):
+    spec = config.get("reward_soups", {}).get(name, {})
+    default = ["reward_model", *[f"reward/{n}" for n in config.get("reward_models", {})]]
+    return spec.get("ingredients") or default, spec.get("weights") or []
+
+
+def reward_normalization_args(settings):
+    """The flags that fix how a reward model's normalisation samples are drawn (as the reward_model rule does)."""
+    ppo_sampling = {k: v for k, v in config["ppo"].get("params", {}).items() if k in ("max_new_tokens", "temperature")}
+    keys = ("seed", "normalize_samples", "max_new_tokens", "temperature", "dtype")
+    return cli({k: v for k, v in {**ppo_sampling, **settings}.items() if k in keys})
+
+
+use rule reward_model as reward_replica with:
+    input:
+        data=result("data"),
+        init=lambda w: model_dir(reward_settings(w.name)["init"]),
+        policy=lambda w: model_dir(reward_settings(w.name).get("normalize_policy", reward_settings(w.name)["init"])),
+        src=src("reward", "training", "modeling", "generation"),
+    output:
+        directory(result("reward", "{name}")),
+    wildcard_constraints:
+        name="[A-Za-z0-9_.-]+",
+    params:
+        args=lambda w: cli({**{k: v for k, v in config["ppo"].get("params", {}).items()
+                               if k in ("max_new_tokens", "temperature")}, **reward_settings(w.name)}),
+    log:
+        result("logs", "reward", "{name}.log"),
+    benchmark:
+        result("benchmarks", "reward", "{name}.tsv")
+
+
+rule reward_soup:
+    input:
+        ingredients=lambda w: [reward_dir(r) for r in reward_soup_settings(w.soup)[0]],
+        data=result("data"),
+        policy=model_dir(config["reward_model"].get("normalize_policy", config["reward_model"]["init"])),
+        src=src("reward_soup", "soup", "reward", "modeling", "generation"),
+    output:
+        directory(result("reward_soup", "{soup}")),
+    params:
+        weights=lambda w: " ".join(map(str, reward_soup_settings(w.soup)[1])),
+        args=reward_normalization_args(config["reward_model"]),
+    threads: THREADS
+    log:
+        result("logs", "reward_soup", "{soup}.log"),
+    benchmark:
+        result("benchmarks", "reward_soup", "{soup}.tsv")
+    resources:
+        **stage_resources("reward_model"),
+    conda:
+        conda_env("reward_model")
+    shell:
+        "python -m salsa.reward_soup --inputs {input.ingredients} --weights {params.weights} --data {input.data}"
+        " --normalize-policy {input.policy} --out {output} --threads {threads} {params.args} > {log} 2>&1"
