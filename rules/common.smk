@@ -205,6 +205,23 @@ def reward_dir(ref="reward_model"):
     raise ValueError(f"unknown reward model {ref!r}")
 
 
+def reward_settings(name):
+    return {**config["reward_model"], **config.get("reward_models", {})[name]}
+
+
+def reward_soup_settings(name):
+    spec = config.get("reward_soups", {}).get(name, {})
+    default = ["reward_model", *[f"reward/{n}" for n in config.get("reward_models", {})]]
+    return spec.get("ingredients") or default, spec.get("weights") or []
+
+
+def reward_normalization_args(settings):
+    """The flags that fix how a reward model's normalisation samples are drawn (as the reward_model rule does)."""
+    ppo_sampling = {k: v for k, v in config["ppo"].get("params", {}).items() if k in ("max_new_tokens", "temperature")}
+    keys = ("seed", "normalize_samples", "max_new_tokens", "temperature", "dtype")
+    return cli({k: v for k, v in {**ppo_sampling, **settings}.items() if k in keys})
+
+
 def first_sft():
     return f"sft/seed{config['sft']['seeds'][0]}"
 
