@@ -36,3 +36,21 @@ def test_ppo_with_a_moving_anchor_logs_kl_to_the_anchor_and_to_the_initial_refer
     assert metrics.kl[0] == pytest.approx(metrics.kl_initial_ref[0], abs=1e-5)
     # later the anchor follows the policy: the penalised KL is no longer the KL to the start
     assert (metrics.kl[1:] - metrics.kl_initial_ref[1:]).abs().max() > 1e-3
+
+
+def test_ppo_with_an_ema_anchor_resumes_with_the_moved_anchor(tiny, tmp_path):
+    from test_resume import PPO_ARGS, killed_run
+
+    def args(out):
+        return ["--policy", str(tiny["sft1"]), "--reference", str(tiny["sft1"]), "--reward-model",
+                str(tiny["reward"]), "--data", str(tiny["data"]), "--out", str(out), *PPO_ARGS, "--lr", "1e-3",
+                "--anchor", "ema", "--anchor-rate", "0.5"]
+
+    ppo.main(args(tmp_path / "straight"))
+    resumed = tmp_path / "resumed"
+    killed_run("salsa.ppo", [*args(resumed), "--checkpoint-every", "1"], step=2)
+    ppo.main([*args(resumed), "--checkpoint-every", "1"])
+    # the third update's KL is to the anchor as it had moved by then: restored, not reloaded from disk
+    columns = ["kl", "kl_initial_ref", "proxy_score", "gold"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "straight" / "metrics.csv")[columns],
+                                  pd.read_csv(resumed / "metrics.csv")[columns])

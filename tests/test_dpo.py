@@ -144,3 +144,25 @@ def test_tiny_dpo_run_ranks_held_out_pairs_well_above_chance(tiny, prefs_data, s
     assert summary["reference_cached"] and not summary["reference_via_disabled_adapter"]
     assert (out / "model" / "model.safetensors").is_file()
     assert json.loads((out / artifacts.METADATA_FILE).read_text())["config"]["beta"] == 0.1
+
+
+def test_dpo_killed_after_a_checkpoint_resumes_and_matches_an_uninterrupted_run(tiny, tmp_path, capsys):
+    from safetensors.torch import load_file
+    from test_resume import killed_run
+
+    def args(out):  # no cache: the reference log-probs are computed in-process here
+        return ["--policy", str(tiny["sft1"]), "--reference", str(tiny["soup"]), "--data", str(tiny["data"]),
+                "--out", str(out), "--loss", "cdpo", "--label-smoothing", "0.2", "--steps", "6",
+                "--batch-size", "8", "--eval-every", "3", "--threads", "1"]
+
+    dpo.main(args(tmp_path / "straight"))
+    resumed = tmp_path / "resumed"
+    killed_run("salsa.dpo", [*args(resumed), "--checkpoint-every", "2"], step=4)
+    assert not resumed.exists()
+    dpo.main([*args(resumed), "--checkpoint-every", "2"])
+    assert "resuming from step 4" in capsys.readouterr().out
+    straight = pd.read_csv(tmp_path / "straight" / "metrics.csv")
+    pd.testing.assert_frame_equal(straight, pd.read_csv(resumed / "metrics.csv"))
+    a, b = (load_file(p / "model" / "model.safetensors") for p in (tmp_path / "straight", resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((resumed / "summary.json").read_text())["resumed_from_step"] == 4
