@@ -49,12 +49,24 @@ def test_config_refuses_label_smoothing_outside_cdpo():
         dpo.parse(dpo.DPOConfig, [*base, "--loss", "cdpo"])
 
 
+def _tests_conftest():
+    """tests/conftest.py by path: `import conftest` can find tests/benchmarks/conftest.py first."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("tests_conftest", Path(__file__).with_name("conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def prefs_data(tmp_path_factory):
     """The tiny task (same tokenizer as the tiny fixture) with 2000 training pairs: its 200 are too
     few for any model to rank held-out pairs reliably (the tiny reward model is at 0.48 on them)."""
-    from conftest import TINY_DATA
     from salsa import data
+
+    TINY_DATA = _tests_conftest().TINY_DATA
 
     out = tmp_path_factory.mktemp("dpo_data") / "data"
     args = dict(zip(TINY_DATA[::2], TINY_DATA[1::2]))
