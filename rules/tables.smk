@@ -7,6 +7,10 @@ rule tables:
     output:
         summary=report(result("tables", "summary.md"), category="Summary"),
         csv=report(result("tables", "summary.csv"), category="Summary"),
+        comparisons=report(result("tables", "comparisons.csv"), category="Summary",
+                           caption="../docs/report/comparisons.rst"),
+        matched_kl=report(result("tables", "matched_kl.csv"), category="Summary",
+                          caption="../docs/report/matched_kl.rst"),
         curves=report(result("tables", "ppo_curves.png"), category="Plots",
                       caption="../docs/report/ppo_curves.rst"),
         frontier=report(result("tables", "frontier.png"), category="Plots",
