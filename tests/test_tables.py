@@ -86,3 +86,22 @@ def test_summary_states_family_size_power_and_matched_kl():
     assert "Holm-adjusted p < 0.05 over the family of all 1 comparisons" in markdown
     assert "## Power" in markdown and "Halving it takes" in markdown
     assert "## Gold at matched KL" in markdown and len(matched) == 5
+
+
+def test_single_models_are_compared_on_the_same_prompts(tmp_path):
+    import json
+
+    gold = {"sft/seed1": [1.0, 0.0, 1.0, 0.0], "sft/seed2": [1.0, 1.0, 1.0, 0.0], "soup/uniform": [1.0, 1.0, 1.0, 1.0]}
+    for model, values in gold.items():
+        (tmp_path / "eval" / model).mkdir(parents=True)
+        # the rows are written in a different prompt order per model: pairing must follow the prompt
+        rows = [{"split": "id", "prompt": f"p{i}", "gold": v} for i, v in enumerate(values)]
+        rows = rows[::-1] if model == "soup/uniform" else rows
+        (tmp_path / "eval" / model / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    frame = pd.DataFrame([{"model": m, **tables.parse_model_id(m)} for m in gold])
+    result = tables.single_model_differences(tmp_path, frame, n_boot=200, seed=0).set_index(["model", "vs"])
+    assert set(result.index) == {("soup/uniform", "sft/seed1"), ("soup/uniform", "sft/seed2"),
+                                 ("sft/seed2", "sft/seed1")}
+    assert result.loc[("soup/uniform", "sft/seed1"), "diff"] == 0.5
+    assert result.loc[("soup/uniform", "sft/seed2"), "diff"] == 0.25
+    assert result.loc[("sft/seed2", "sft/seed1"), "prompts"] == 4

@@ -240,7 +240,9 @@ def matched_kl(frame: pd.DataFrame, family: str, other: str, metric: str = "gold
     frame: one row per PPO run with columns family, stratum (sweep value, '' if none), `kl` and `metric`.
     Each family gets its own curve (`fit_curve`) over all its β and seeds; the levels are evenly spaced over
     the overlap of the two families' KL ranges (min to max over runs). Intervals are percentile intervals of
-    the difference over `n_boot` refits on runs resampled within β (`_resampled_fit`), seeded.
+    the difference over `n_boot` refits on runs resampled within β (`_resampled_fit`), seeded. With three
+    seeds per β the bootstrap is narrower than a t-interval would be (it has no small-sample correction), and
+    with outer replicates it resamples runs, not replicates: read an interval that barely excludes 0 with care.
     """
     runs = {name: frame[frame.family == name].dropna(subset=[kl, metric]) for name in (family, other)}
     base = {"family": family, "vs": other, "metric": metric,

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from salsa import artifacts, stats
+from salsa.plots import plot_curves, plot_frontier
 from salsa.args import arg, parse
 
 HEADLINE = ["gold_id", "gold_ood", "proxy_id", "kl_ref_id", "kl_sft_id", "length_id", "empty_id",
@@ -105,6 +106,31 @@ def prompt_intervals(samples: list[dict], n_boot: int, seed: int) -> dict:
                 _, lower, upper = stats.bootstrap_mean(values, n_boot, seed)
                 out[f"{field}_{split}_ci"] = (upper - lower) / 2
     return out
+
+
+def single_model_differences(results: Path, frame: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """Each soup minus each SFT, and each SFT minus the first, on the same prompts (gold; paired bootstrap).
+
+    One run per model: the interval is over prompts (evaluation noise), not over retraining.
+    """
+    pairs = []
+    replicates = frame.replicate if "replicate" in frame.columns else pd.Series("1", index=frame.index)
+    for _, group in frame.groupby(replicates, sort=True):  # within an outer replicate only
+        sfts, soups = list(group.model[group.kind == "sft"]), list(group.model[group.kind == "soup"])
+        pairs += [(soup, sft) for soup in soups for sft in sfts] + [(sft, sfts[0]) for sft in sfts[1:]]
+    gold = {m: {(r["split"], r["prompt"]): r.get("gold") for r in read_samples(results / "eval" / m / "samples.jsonl")}
+            for m in {m for pair in pairs for m in pair}}
+    rows = []
+    for model, other in pairs:
+        for split in ("id", "ood"):
+            keys = [k for k in gold[model] if k[0] == split and gold[model][k] is not None
+                    and gold[other].get(k) is not None]
+            if not keys:
+                continue
+            diff, lower, upper = stats.bootstrap_mean([gold[model][k] - gold[other][k] for k in keys], n_boot, seed)
+            rows.append({"model": model, "vs": other, "metric": f"gold_{split}", "prompts": len(keys),
+                         "diff": diff, "lower": lower, "upper": upper, "excludes_zero": bool(lower > 0 or upper < 0)})
+    return pd.DataFrame(rows)
 
 
 def ppo_runs(frame: pd.DataFrame) -> pd.DataFrame:
@@ -196,7 +222,7 @@ def pm(value, half) -> str:
 
 
 def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.DataFrame, matched: pd.DataFrame,
-                    config: TablesConfig) -> str:
+                    config: TablesConfig, singles: pd.DataFrame | None = None) -> str:
     metrics = shown_metrics(frame)
     baseline = config.baseline or config.models[0]
     parts = ["# Summary", "",
@@ -215,6 +241,13 @@ def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.Data
                   f"Each model is one run: the interval is over its evaluation prompts ({config.n_boot} resamples, "
                   f"seed {config.seed}) and says nothing about retraining it.", "",
                   markdown_table(single, ["model", *[m + " " for m in with_ci]]), ""]
+    if singles is not None and len(singles):
+        shown = singles.assign(interval=[f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}]" + (" *" if x else "") for d, lo, hi, x
+                                         in zip(singles["diff"], singles.lower, singles.upper, singles.excludes_zero)])
+        parts += ["### Single models against each other (same prompts, paired bootstrap)", "",
+                  "* = the prompt-level interval excludes 0: a difference in these two trained models, "
+                  "not evidence about retraining them.", "",
+                  markdown_table(shown, ["model", "vs", "metric", "prompts", "interval"]), ""]
     if len(agg):
         for m in metrics:
             if m in agg.columns:
@@ -319,71 +352,20 @@ def matched_kl_frame(frame: pd.DataFrame, reference_method: str, n_boot: int, se
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def plot_curves(results: Path, frame: pd.DataFrame, path: Path) -> None:
-    """Gold and proxy reward against KL (and KL against episodes), per method, mean over seeds."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    ppo = frame[frame.kind == "ppo"]
-    colors = plt.get_cmap("tab20").colors
-    for i, (method, group) in enumerate(ppo.groupby("method", sort=False)):
-        curves = [pd.read_csv(results / "ppo" / method / f"seed{seed}" / "metrics.csv") for seed in group.seed]
-        mean = pd.concat(curves).groupby("update").mean(numeric_only=True)
-        smooth = mean.rolling(10, min_periods=1).mean()  # rollout batches are noisy
-        color = colors[i % len(colors)]
-        axes[0].plot(smooth["kl"], smooth["gold"], color=color, label=method)
-        axes[1].plot(smooth["kl"], smooth["proxy_score"], color=color, label=method)
-        axes[2].plot(smooth["episodes"], smooth["kl"], color=color, label=method)
-    labels = [("KL to reference (nats)", "gold reward"), ("KL to reference (nats)", "proxy reward (normalised)"),
-              ("episodes", "KL to reference (nats)")]
-    for ax, (xlabel, ylabel) in zip(axes, labels):
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.suptitle("PPO rollout batches, mean over seeds (10-update moving average)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_frontier(frame: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("gold_id", "proxy_id")):
-        for kind, marker in (("sft", "s"), ("soup", "D")):
-            part = frame[frame.kind == kind]
-            ax.scatter(part.kl_sft_id, part[metric], marker=marker, color="black", label=kind)
-        palette = plt.get_cmap("tab20").colors  # enough distinct colours for a sweep plus ablations
-        for i, (method, group) in enumerate(frame[frame.kind == "ppo"].groupby("method", sort=False)):
-            ax.scatter(group.kl_sft_id, group[metric], label=method, alpha=0.8, color=palette[i % len(palette)])
-        ax.set_xlabel("KL to the first SFT (nats)")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Final models: reward against KL (one point per run)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> None:
     config = parse(TablesConfig, argv)
     frame = collect_rows(config)
     agg = aggregate(frame)
     comparisons = compare_methods(frame, config.reference_method, shown_metrics(frame))
     matched = matched_kl_frame(frame, config.reference_method, config.n_boot, config.seed)
+    singles = single_model_differences(Path(config.results), frame, config.n_boot, config.seed)
     with artifacts.atomic_dir(config.out) as tmp:
         frame.to_csv(tmp / "summary.csv", index=False)
         agg.to_csv(tmp / "methods.csv", index=False)
         comparisons.to_csv(tmp / "comparisons.csv", index=False)
         matched.to_csv(tmp / "matched_kl.csv", index=False)
-        (tmp / "summary.md").write_text(render_markdown(frame, agg, comparisons, matched, config))
+        singles.to_csv(tmp / "single_models.csv", index=False)
+        (tmp / "summary.md").write_text(render_markdown(frame, agg, comparisons, matched, config, singles))
         plot_curves(Path(config.results), frame, tmp / "ppo_curves.png")
         plot_frontier(frame, tmp / "frontier.png")
         artifacts.write_metadata(tmp, "tables", config, config.seed)
