@@ -247,8 +247,8 @@ def matched_kl(frame: pd.DataFrame, family: str, other: str, metric: str = "gold
     runs = {name: frame[frame.family == name].dropna(subset=[kl, metric]) for name in (family, other)}
     base = {"family": family, "vs": other, "metric": metric,
             "runs": len(runs[family]), "vs_runs": len(runs[other]),
-            "kl_range": f"{runs[family][kl].min():.3g}-{runs[family][kl].max():.3g}",
-            "vs_kl_range": f"{runs[other][kl].min():.3g}-{runs[other][kl].max():.3g}"}
+            "kl_range": f"{runs[family][kl].min():.3g} to {runs[family][kl].max():.3g}",
+            "vs_kl_range": f"{runs[other][kl].min():.3g} to {runs[other][kl].max():.3g}"}
     if min(len(r) for r in runs.values()) == 0:
         return pd.DataFrame([{**base, "note": "no runs"}])
     low = max(r[kl].min() for r in runs.values())

@@ -233,14 +233,14 @@ def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.Data
              "All intervals are 95%.", "",
              "## Every model", "", markdown_table(frame, ["model", *metrics]), ""]
     single = frame[frame.kind != "ppo"].copy()
-    with_ci = [m for m in metrics if f"{m}_ci" in single.columns]
+    with_ci = [m for m in metrics if f"{m}_ci" in single.columns and single[m].notna().any()]
     if len(single) and with_ci:
         for m in with_ci:
-            single[m + " "] = [pm(v, h) for v, h in zip(single[m], single[f"{m}_ci"])]
+            single[f"{m} (95% CI)"] = [pm(v, h) for v, h in zip(single[m], single[f"{m}_ci"])]
         parts += ["## Single models (prompt-level bootstrap interval)", "",
                   f"Each model is one run: the interval is over its evaluation prompts ({config.n_boot} resamples, "
                   f"seed {config.seed}) and says nothing about retraining it.", "",
-                  markdown_table(single, ["model", *[m + " " for m in with_ci]]), ""]
+                  markdown_table(single, ["model", *[f"{m} (95% CI)" for m in with_ci]]), ""]
     if singles is not None and len(singles):
         shown = singles.assign(interval=[f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}]" + (" *" if x else "") for d, lo, hi, x
                                          in zip(singles["diff"], singles.lower, singles.upper, singles.excludes_zero)])
