@@ -37,7 +37,8 @@ def plot_curves(results: Path, frame: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_frontier(frame: pd.DataFrame, path: Path) -> None:
+def plot_frontier(frame: pd.DataFrame, path: Path, curves: dict | None = None) -> None:
+    """One point per final model; `curves` (family -> (KL grid, fitted gold)) are the matched-KL fits."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -50,6 +51,9 @@ def plot_frontier(frame: pd.DataFrame, path: Path) -> None:
         palette = plt.get_cmap("tab20").colors  # enough distinct colours for a sweep plus ablations
         for i, (method, group) in enumerate(frame[frame.kind == "ppo"].groupby("method", sort=False)):
             ax.scatter(group.kl_sft_id, group[metric], label=method, alpha=0.8, color=palette[i % len(palette)])
+        if metric == "gold_id":
+            for family, (grid, fitted) in (curves or {}).items():
+                ax.plot(grid, fitted, linestyle="--", linewidth=1, label=f"{family} fit")
         ax.set_xlabel("KL to the first SFT (nats)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

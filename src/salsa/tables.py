@@ -18,6 +18,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from salsa import artifacts, stats
@@ -352,6 +353,21 @@ def matched_kl_frame(frame: pd.DataFrame, reference_method: str, n_boot: int, se
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def fitted_curves(frame: pd.DataFrame) -> dict:
+    """The matched-KL fit of each family with more than one β, over its own KL range, for frontier.png."""
+    ppo = ppo_runs(frame)
+    if "kl_sft_id" not in ppo.columns or "gold_id" not in ppo.columns:
+        return {}
+    curves = {}
+    for family, runs in ppo.dropna(subset=["kl_sft_id", "gold_id"]).groupby("family", sort=False):
+        if runs.stratum.nunique() < 2:
+            continue  # one β: the fit is a constant, the points say as much
+        grid = np.linspace(max(runs.kl_sft_id.min(), 0.0), runs.kl_sft_id.max(), 50)
+        coefficients = stats.fit_curve(runs.kl_sft_id, runs.gold_id, stats.fit_degree(runs.stratum.nunique()))
+        curves[family] = (grid, np.polyval(coefficients, np.sqrt(grid)))
+    return curves
+
+
 def main(argv: list[str] | None = None) -> None:
     config = parse(TablesConfig, argv)
     frame = collect_rows(config)
@@ -367,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         singles.to_csv(tmp / "single_models.csv", index=False)
         (tmp / "summary.md").write_text(render_markdown(frame, agg, comparisons, matched, config, singles))
         plot_curves(Path(config.results), frame, tmp / "ppo_curves.png")
-        plot_frontier(frame, tmp / "frontier.png")
+        plot_frontier(frame, tmp / "frontier.png", fitted_curves(frame))
         artifacts.write_metadata(tmp, "tables", config, config.seed)
     print((Path(config.out) / "summary.md").read_text())
 
