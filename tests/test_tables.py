@@ -105,3 +105,10 @@ def test_single_models_are_compared_on_the_same_prompts(tmp_path):
     assert result.loc[("soup/uniform", "sft/seed1"), "diff"] == 0.5
     assert result.loc[("soup/uniform", "sft/seed2"), "diff"] == 0.25
     assert result.loc[("sft/seed2", "sft/seed1"), "prompts"] == 4
+
+
+def test_a_single_method_has_nothing_to_compare():
+    frame = run_frame({"ppo": [0.70, 0.72, 0.74]})
+    assert tables.compare_methods(frame, "ppo", ["gold_id"]).empty
+    with pytest.raises(tables.artifacts.StageError, match="ppo-kl_coef0.1"):  # a typo is refused
+        tables.compare_methods(frame, "ppo-kl_coef0.1", ["gold_id"])

@@ -177,8 +177,8 @@ def compare_methods(frame: pd.DataFrame, reference_method: str, metrics: list[st
     """
     ppo = ppo_runs(frame)
     methods = list(dict.fromkeys(ppo.method))
-    if reference_method not in methods:
-        return pd.DataFrame()
+    if methods and reference_method not in methods:
+        raise artifacts.StageError(f"--reference-method {reference_method!r}: not one of the PPO methods {methods}")
     rows = []
     for method in methods:
         if method == reference_method:
@@ -195,6 +195,8 @@ def compare_methods(frame: pd.DataFrame, reference_method: str, metrics: list[st
                 row = {**levels, "diff": result.estimate, "diff_ci": result.half_width, "df": result.df,
                        "p": result.p_value, "test": f"{result.test} (n={result.n})"}
             rows.append(row)
+    if not rows:
+        return pd.DataFrame()
     out = pd.DataFrame(rows)
     out["p_holm"] = stats.holm(out.p)
     out["significant"] = out.p_holm < 0.05
