@@ -85,6 +85,8 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise StageError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise StageError(f"{path}: is a directory, expected a JSON-lines file") from None
     except UnicodeDecodeError as err:
         raise StageError(f"{path}: not UTF-8 text ({err.reason})") from None
     rows = []

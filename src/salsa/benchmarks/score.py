@@ -5,30 +5,73 @@
 
 Reads the judgment files the judge stage writes, and upstream's own judgment files
 (FastChat model_judgment/*_single.jsonl; arena-hard-auto model_judgment/<judge>/*.jsonl).
+Every row is type-checked (a bad one stops with file:line); ratings outside 1-10 count as
+failed; a model with no valid rating or battle is an error, not a score; dropped Arena-Hard
+games and questions are printed under the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from salsa import artifacts
 from salsa.artifacts import StageError
 from salsa.benchmarks import ARENA_V01, ARENA_V2
-from salsa.benchmarks.arena_scoring import arena_v01_scores, arena_v2_scores, format_arena_table, is_v2_record
-from salsa.benchmarks.data import load_mt_questions, read_jsonl
+from salsa.benchmarks.arena_scoring import (arena_v01_scores, arena_v2_scores, format_arena_table, is_v2_record,
+                                            legacy_dropped)
+from salsa.benchmarks.data import V01_BASELINE, load_mt_questions, read_jsonl
 from salsa.benchmarks.scoring import format_mt_bench_table, mt_bench_table
 
-REQUIRED_FIELDS = {"mt-bench": ("model", "score"), "arena-hard": ("model", "games")}
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def read_judgments(path: str, kind: str) -> list[dict]:
+def _check_mt_row(row: dict, where: str) -> str | None:
+    """Why an MT-Bench judgment row is malformed, or None."""
+    if not isinstance(row.get("model"), str):
+        return "field 'model' should be a string" if "model" in row else "missing field 'model'"
+    if "score" not in row:
+        return "not a mt-bench judgment (missing score)"
+    if not _number(row["score"]):
+        return f"field 'score' should be a number, got {json.dumps(row['score'])}"
+    if "turn" not in row:
+        return "missing field 'turn' (1 or 2)"
+    if row["turn"] not in (1, 2) or isinstance(row["turn"], bool):
+        return f"field 'turn' should be 1 or 2, got {json.dumps(row['turn'])}"
+    return None
+
+
+def _check_arena_row(row: dict, where: str) -> str | None:
+    if not isinstance(row.get("model"), str):
+        return "field 'model' should be a string" if "model" in row else "missing field 'model'"
+    if "games" not in row:
+        return "not a arena-hard judgment (missing games)"
+    games = row["games"]
+    if not isinstance(games, list) or not games:
+        return "'games' should be a non-empty list"
+    for k, game in enumerate(games, start=1):
+        if game is not None and not isinstance(game, dict):
+            return f"game {k} should be an object or null, got {type(game).__name__}"
+        if game is not None and not isinstance(game.get("score"), (str, type(None))):
+            return f"game {k}: 'score' should be a verdict label or null, got {json.dumps(game.get('score'))}"
+    return None
+
+
+def read_judgments(path: str, kind: str, baseline: str | None = None) -> list[dict]:
+    """Judgment rows, each type-checked; any malformed row stops with file:line."""
+    if Path(path).is_dir():
+        raise StageError(f"{path}: is a directory; pass the judgments.jsonl file inside it")
+    check = _check_mt_row if kind == "mt-bench" else _check_arena_row
     rows = []
     for lineno, row in read_jsonl(path):
-        missing = [k for k in REQUIRED_FIELDS[kind] if k not in row]
-        if missing:
-            raise StageError(f"{path}:{lineno}: not a {kind} judgment (missing {', '.join(missing)})")
-        if kind == "arena-hard" and (not isinstance(row["games"], list) or len(row["games"]) < 1):
-            raise StageError(f"{path}:{lineno}: 'games' should be a non-empty list")
+        problem = check(row, f"{path}:{lineno}")
+        if problem is None and baseline is not None and row["model"] == baseline:
+            problem = f"model {baseline!r} is the baseline; a model cannot be judged against itself"
+        if problem:
+            raise StageError(f"{path}:{lineno}: {problem}")
         rows.append(row)
     if not rows:
         raise StageError(f"{path}: no judgments")
@@ -39,19 +82,41 @@ def score_mt_bench(args: argparse.Namespace) -> None:
     records = read_judgments(args.judgments, "mt-bench")
     categories = ({q.question_id: q.category for q in load_mt_questions(args.questions)}
                   if args.questions else None)
-    print(format_mt_bench_table(mt_bench_table(records, categories)))
+    table = mt_bench_table(records, categories)
+    empty = [model for model, row in table.items() if row["n_valid"] == 0]
+    if empty:
+        raise StageError(f"{args.judgments}: no valid rating (1-10) for {', '.join(empty)}; "
+                         f"{sum(table[m]['n_failed'] for m in empty)} failed")
+    print(format_mt_bench_table(table))
+
+
+def _arena_baseline(records: list[dict], override: str | None) -> str:
+    baselines = {r.get("baseline") for r in records if r.get("baseline")}
+    return override or (baselines.pop() if len(baselines) == 1 else V01_BASELINE)
 
 
 def score_arena_hard(args: argparse.Namespace) -> None:
-    records = read_judgments(args.judgments, "arena-hard")
-    if is_v2_record(records[0]):
-        table = arena_v2_scores(records, args.n_boot, args.seed, args.strong_weight)
+    first = read_judgments(args.judgments, "arena-hard")
+    if is_v2_record(first[0]):
+        table = arena_v2_scores(first, args.n_boot, args.seed, args.strong_weight)
+        empty = [key for key, row in table.items() if row["n_questions"] == 0]
+        if empty:
+            raise StageError(f"{args.judgments}: every question of {', '.join(empty)} was dropped "
+                             f"(no valid verdict in both games)")
         print(format_arena_table(table, f"{ARENA_V2}: score %, 90% CI (5th-95th bootstrap percentile)"))
+        dropped = sum(row["n_dropped"] for row in table.values())
+        print(f"dropped: {dropped} question(s) without a valid verdict in both games")
         return
-    baselines = {r.get("baseline") for r in records if r.get("baseline")}
-    baseline = args.baseline or (baselines.pop() if len(baselines) == 1 else "gpt-4-0314")
+    baseline = _arena_baseline(first, args.baseline)
+    records = read_judgments(args.judgments, "arena-hard", baseline=baseline)
     table = arena_v01_scores(records, baseline, args.n_boot, args.seed, args.strong_weight)
+    empty = [name for name, row in table.items() if name != baseline and row["n_battles"] == 0]
+    if empty:
+        raise StageError(f"{args.judgments}: no valid battle for {', '.join(empty)} (every verdict unparseable)")
     print(format_arena_table(table, f"{ARENA_V01}: Bradley-Terry win rate % vs {baseline}, 95% CI"))
+    dropped = legacy_dropped(records)
+    print(f"dropped: {dropped['games']} game(s) without a valid verdict, {dropped['questions']} question(s) "
+          f"with none in either game")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,8 @@
 
 MT-Bench (as FastChat's gen_judgment.py / show_result.py):
   * the rating is the first ``[[x]]`` in the judge's reply, else the first ``[x]``; no match
-    (or an API error) gives -1, and -1 ratings are left out of every mean;
+    (or an API error) gives -1, and -1 ratings are left out of every mean; so is any rating
+    outside MT-Bench's 1-10 scale (counted as failed; upstream would average it in);
   * turn-1 and turn-2 means, the overall mean over all valid ratings of both turns, and
     per-category means (over both turns).
 
@@ -23,6 +24,7 @@ import numpy as np
 ONE_SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 ONE_SCORE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 FAILED_RATING = -1
+RATING_MIN, RATING_MAX = 1.0, 10.0
 
 
 def parse_rating(judgment: str | None) -> float:
@@ -31,6 +33,10 @@ def parse_rating(judgment: str | None) -> float:
         return FAILED_RATING
     match = ONE_SCORE.search(judgment) or ONE_SCORE_BACKUP.search(judgment)
     return float(match.group(1)) if match else FAILED_RATING
+
+
+def is_valid_rating(score: float) -> bool:
+    return RATING_MIN <= score <= RATING_MAX
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -45,10 +51,10 @@ def mt_bench_table(records: Iterable[dict], categories: dict | None = None) -> d
     by_model: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         model, score = record["model"], float(record["score"])
-        if score == FAILED_RATING:
+        if not is_valid_rating(score):
             by_model[model]["failed"].append(record)
             continue
-        turn = int(record.get("turn", 1))
+        turn = int(record["turn"])   # no default: a turn-2 rating counted as turn 1 is silently wrong
         by_model[model][f"turn{turn}"].append(score)
         by_model[model]["all"].append(score)
         category = record.get("category") or (categories or {}).get(record.get("question_id"))
