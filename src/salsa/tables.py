@@ -80,10 +80,33 @@ def collect_rows(config: TablesConfig) -> pd.DataFrame:
         if paired:
             rates = reward_win_rate([m for m, _ in paired], [b for _, b in paired], n_boot=1000, seed=config.seed)
             row.update({f"rm_winrate_{k}": v for k, v in rates.items()})
-        for scores in sorted((results / "bench").glob(f"*/{model_id}/judged/scores.json")):
-            row.update(artifacts.read_json(scores))
+        row.update(benchmark_columns(results, model_id))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def benchmark_columns(results: Path, model_id: str) -> dict:
+    """Every benchmark's scores.json, keys prefixed by the benchmark, so two benchmarks never share a column.
+
+    mtbench_score of mt_bench -> mt_bench_score, of embedded_mt -> embedded_mt_score; arena_winrate of
+    arena_hard_v0.1 -> arena_hard_v0.1_winrate; other keys are prefixed whole: embedded_arena_judge_failures.
+    judge_failures sums the failed verdicts over the model's benchmarks.
+    """
+    columns: dict = {}
+    for path in sorted((results / "bench").glob(f"*/{model_id}/judged/scores.json")):
+        benchmark = path.relative_to(results / "bench").parts[0]
+        for key, value in artifacts.read_json(path).items():
+            columns[f"{benchmark}_{key.removeprefix('mtbench_').removeprefix('arena_')}"] = value
+        columns["judge_failures"] = columns.get("judge_failures", 0) + columns.get(f"{benchmark}_judge_failures", 0)
+    return columns
+
+
+def benchmark_headline(columns) -> list[str]:
+    """The one score column of each benchmark: <single-grading>_score, <pairwise>_winrate."""
+    from salsa.benchmarks import BENCHMARKS, PAIRWISE
+
+    names = [f"{b}_{'winrate' if b in PAIRWISE else 'score'}" for b in BENCHMARKS]
+    return [c for c in names if c in columns]
 
 
 def aggregate(frame: pd.DataFrame, reference_method: str) -> pd.DataFrame:
@@ -134,13 +157,14 @@ def markdown_table(frame: pd.DataFrame, columns: list[str]) -> str:
 
 def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, reference_method: str, baseline: str) -> str:
     metrics = [c for c in HEADLINE if c in frame.columns]
-    extra = [c for c in ("mtbench_score", "arena_winrate") if c in frame.columns]
+    extra = benchmark_headline(frame.columns)
+    failures = ["judge_failures"] if "judge_failures" in frame.columns else []
     parts = ["# Summary", "",
              "gold = the task's gold reward (higher is better, 1 = perfect); proxy = normalised reward-model score; "
              "kl_ref / kl_sft = sequence KL to the model's own reference / to the first SFT; "
              f"rm_winrate = reward-model win rate against `{baseline}` on the same prompts; "
              "_id = in-distribution prompts, _ood = longer lists than any seen in training.", "",
-             "## Every model", "", markdown_table(frame, ["model", *metrics, *extra]), ""]
+             "## Every model", "", markdown_table(frame, ["model", *metrics, *extra, *failures]), ""]
     if len(agg):
         columns = ["method", "seeds"]
         for metric in [*metrics, *extra]:
