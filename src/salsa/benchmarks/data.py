@@ -1,6 +1,6 @@
 """Benchmark data in the upstream layouts, from a local directory or the Hugging Face Hub.
 
-Layouts read (the files at /work/shared/benchmarks, see its SOURCES.md):
+Layouts read (as upstream keeps them; `salsa fetch-benchmarks` writes them, see salsa.benchmarks.fetch):
 
   mt_bench/          question.jsonl, judge_prompts.jsonl (here or one level up, as in
                      FastChat), reference_answer/gpt-4.jsonl
@@ -161,7 +161,7 @@ def resolve_data_dir(benchmark: str, data_dir: str | None, hub_dataset: str | No
     """The benchmark's directory: the Hub copy when a dataset id is set, else data_dir.
 
     data_dir may be the benchmark's own directory or a root holding it under its usual
-    name (e.g. shared/benchmarks with mt_bench/ inside).
+    name (a root with mt_bench/, arena_hard_v0.1/, ... inside).
     """
     if hub_dataset:
         root = fetch_from_hub(hub_dataset, hub_revision, hub_subdir)
@@ -173,7 +173,9 @@ def resolve_data_dir(benchmark: str, data_dir: str | None, hub_dataset: str | No
         raise StageError(f"{root}: data directory not found")
     nested = root / _SUBDIRS.get(benchmark, "")
     if benchmark in _SUBDIRS and not (root / "question.jsonl").exists() and (nested / "question.jsonl").exists():
-        return nested
+        root = nested
+    from salsa.benchmarks.fetch import verify_checksums
+    verify_checksums(root)      # a fetched copy (salsa fetch-benchmarks) is read only as fetched
     return root
 
 
