@@ -79,7 +79,7 @@ rule evaluate_answers:
     input:
         model=lambda w: model_dir(w.model),
         data=lambda w: benchmark_data(w.benchmark),
-        src=src("benchmarks.answer", "benchmarks.answers", "benchmarks.generation", "benchmarks.data"),
+        src=src("benchmarks.answer", "benchmarks.answer_generation", "benchmarks.chat_generation", "benchmarks.data"),
     output:
         result("bench", "{benchmark}", "{model}", "answers.jsonl"),
     params:
@@ -113,8 +113,8 @@ rule evaluate_judge:
         data=lambda w: benchmark_data(w.benchmark),
         reward=lambda w: [result("reward_model")] if benchmark_setting(w.benchmark, "judge") == "reward" else [],
         judge_model=lambda w: local_judge_model(w.benchmark),
-        src=src("benchmarks.judge", "benchmarks.scoring", "benchmarks.arena_scoring", "benchmarks.protocols",
-                "benchmarks.metrics", "benchmarks.data"),
+        src=src("benchmarks.judge", "benchmarks.judge_protocols", "benchmarks.mt_bench_scoring",
+                "benchmarks.arena_hard_scoring", "benchmarks.scores_json", "benchmarks.data"),
     output:
         directory(result("bench", "{benchmark}", "{model}", "judged")),
     params:

@@ -17,7 +17,7 @@ import sys
 from salsa import artifacts
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "score": ("salsa.benchmarks.score", "print MT-Bench / Arena-Hard tables from saved judgments"),
+    "score": ("salsa.benchmarks.show_scores", "print MT-Bench / Arena-Hard tables from saved judgments"),
     "answer": ("salsa.benchmarks.answer", "generate a model's benchmark answers"),
     "judge": ("salsa.benchmarks.judge", "judge benchmark answers; write judgments.jsonl + scores.json"),
     "fetch-benchmarks": ("salsa.benchmarks.fetch", "download a public benchmark's files (pinned, sha256-checked)"),

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from salsa.artifacts import StageError
+from salsa.benchmarks.answer_formats import read_answers
 from salsa.benchmarks.data import (V2_BASELINES, load_arena_questions, load_benchmark, read_jsonl,
                                    resolve_data_dir)
-from salsa.benchmarks.formats import read_answers
 
 
 def test_mt_bench_files(shared_benchmarks):

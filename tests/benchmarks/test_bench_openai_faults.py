@@ -11,9 +11,9 @@ pytest.importorskip("openai", reason="the openai client is the judge extra: pip 
 
 from bench_helpers import chat_reply  # noqa: E402
 from salsa.artifacts import StageError
+from salsa.benchmarks.answer_formats import Answer
 from salsa.benchmarks.data import ArenaJudgeSettings, BenchmarkData, Question
-from salsa.benchmarks.formats import Answer
-from salsa.benchmarks.protocols import CONTINUE_MESSAGE, judge_arena
+from salsa.benchmarks.judge_protocols import CONTINUE_MESSAGE, judge_arena
 from salsa.judges import ChatRequest, JudgeAPIError, build_judge
 
 ASK = [{"role": "system", "content": "You judge."}, {"role": "user", "content": "Which is better?"}]

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from salsa.benchmarks.arena_scoring import (arena_v01_scores, arena_v2_scores, fit_bradley_terry, legacy_battles,
-                                            legacy_verdict, v2_question_scores, v2_verdict)
-from salsa.benchmarks.scoring import mt_bench_metrics, mt_bench_table, parse_rating, reward_win_rate
+from salsa.benchmarks.arena_hard_scoring import (arena_v01_scores, arena_v2_scores, fit_bradley_terry,
+                                                 legacy_battles, legacy_verdict, v2_question_scores, v2_verdict)
+from salsa.benchmarks.mt_bench_scoring import mt_bench_metrics, mt_bench_table, parse_rating, reward_win_rate
 from salsa.judges import gold_to_rating, reward_to_rating, verdict_from_difference
 
 V2_PATTERNS = (r"\[\[([AB<>=]+)\]\]", r"\[([AB<>=]+)\]")
@@ -165,7 +165,7 @@ def test_score_judge_mappings():
 
 def _score(tmp_path, kind, rows, *extra):
     from salsa import artifacts
-    from salsa.benchmarks import score
+    from salsa.benchmarks import show_scores as score
 
     path = tmp_path / "judgments.jsonl"
     path.write_text("".join((r if isinstance(r, str) else __import__("json").dumps(r)) + "\n" for r in rows))
@@ -225,14 +225,14 @@ def test_score_arena_all_unparseable_is_an_error_and_drops_are_printed(tmp_path,
 
 def test_score_directory_is_a_one_line_error(tmp_path, capsys):
     from salsa import artifacts
-    from salsa.benchmarks import score
+    from salsa.benchmarks import show_scores as score
 
     assert artifacts.run_main(score.main, ["mt-bench", "--judgments", str(tmp_path)]) == 1
     assert capsys.readouterr().err.strip() == f"error: {tmp_path}: is a directory; pass the judgments.jsonl file inside it"
 
 
 def test_arena_metrics_report_dropped_games_and_questions():
-    from salsa.benchmarks.metrics import arena_metrics
+    from salsa.benchmarks.scores_json import arena_metrics
 
     rows = [_legacy("m", "B>A", None), _legacy("m", None, None), _legacy("m", "B>A", "A>B")]
     metrics, table = arena_metrics(rows, "arena_hard_v0.1", n_boot=0)

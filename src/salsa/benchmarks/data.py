@@ -23,7 +23,7 @@ from typing import Any
 
 from salsa.artifacts import StageError
 from salsa.benchmarks import ARENA_V01, ARENA_V2, EMBEDDED, MT_BENCH
-from salsa.benchmarks.formats import Answer, read_answers
+from salsa.benchmarks.answer_formats import Answer, read_answers
 
 # Baselines of the v2.0 categories (upstream keeps these in code, utils/judge_utils.py).
 V2_BASELINES = {"hard_prompt": "o3-mini-2025-01-31", "coding": "o3-mini-2025-01-31",

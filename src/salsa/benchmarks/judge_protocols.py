@@ -22,10 +22,10 @@ import time
 from typing import Any
 
 from salsa.artifacts import StageError
-from salsa.benchmarks.arena_scoring import legacy_verdict, v2_verdict
+from salsa.benchmarks.answer_formats import Answer
+from salsa.benchmarks.arena_hard_scoring import legacy_verdict, v2_verdict
 from salsa.benchmarks.data import NEED_REF_CATEGORIES, BenchmarkData, Question
-from salsa.benchmarks.formats import Answer
-from salsa.benchmarks.scoring import is_valid_rating, parse_rating
+from salsa.benchmarks.mt_bench_scoring import is_valid_rating, parse_rating
 from salsa.judges import ChatRequest, ScoreJudge, TextJudge
 
 # Upstream's (v0.1) follow-up when a reply has no verdict; kept verbatim for protocol fidelity.
