@@ -79,7 +79,8 @@ rule evaluate_answers:
     input:
         model=lambda w: model_dir(w.model),
         data=lambda w: benchmark_data(w.benchmark),
-        src=src("benchmarks.answer", "benchmarks.answer_generation", "benchmarks.chat_generation", "benchmarks.data"),
+        src=src("benchmarks.answer", "benchmarks.answer_generation", "benchmarks.chat_generation", "benchmarks.data",
+                "benchmarks.files", "benchmarks.answer_formats"),
     output:
         result("bench", "{benchmark}", "{model}", "answers.jsonl"),
     params:
@@ -114,7 +115,8 @@ rule evaluate_judge:
         reward=lambda w: [result("reward_model")] if benchmark_setting(w.benchmark, "judge") == "reward" else [],
         judge_model=lambda w: local_judge_model(w.benchmark),
         src=src("benchmarks.judge", "benchmarks.judge_protocols", "benchmarks.mt_bench_scoring",
-                "benchmarks.arena_hard_scoring", "benchmarks.scores_json", "benchmarks.data"),
+                "benchmarks.arena_hard_scoring", "benchmarks.scores_json", "benchmarks.win_rate", "benchmarks.data",
+                "benchmarks.files", "benchmarks.answer_formats"),
     output:
         directory(result("bench", "{benchmark}", "{model}", "judged")),
     params:

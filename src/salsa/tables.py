@@ -64,7 +64,7 @@ def read_samples(path: Path) -> list[dict]:
 
 
 def collect_rows(config: TablesConfig) -> pd.DataFrame:
-    from salsa.benchmarks.mt_bench_scoring import reward_win_rate
+    from salsa.benchmarks.win_rate import reward_win_rate
 
     results = Path(config.results)
     baseline = config.baseline or config.models[0]

@@ -8,7 +8,8 @@ import pytest
 
 from salsa.benchmarks.arena_hard_scoring import (arena_v01_scores, arena_v2_scores, fit_bradley_terry,
                                                  legacy_battles, legacy_verdict, v2_question_scores, v2_verdict)
-from salsa.benchmarks.mt_bench_scoring import mt_bench_metrics, mt_bench_table, parse_rating, reward_win_rate
+from salsa.benchmarks.mt_bench_scoring import mt_bench_metrics, mt_bench_table, parse_rating
+from salsa.benchmarks.win_rate import reward_win_rate
 from salsa.judges import gold_to_rating, reward_to_rating, verdict_from_difference
 
 V2_PATTERNS = (r"\[\[([AB<>=]+)\]\]", r"\[([AB<>=]+)\]")

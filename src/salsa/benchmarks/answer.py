@@ -15,9 +15,9 @@ from salsa import artifacts
 from salsa.args import arg, parse
 from salsa.artifacts import StageError
 from salsa.benchmarks import BENCHMARKS
-from salsa.benchmarks.answer_formats import write_jsonl
 from salsa.benchmarks.answer_generation import generate_answers
 from salsa.benchmarks.data import load_benchmark
+from salsa.benchmarks.files import write_jsonl
 
 
 @dataclasses.dataclass

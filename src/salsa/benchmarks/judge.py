@@ -18,8 +18,9 @@ from salsa import artifacts
 from salsa.args import arg, parse
 from salsa.artifacts import StageError
 from salsa.benchmarks import ARENA_V2, BENCHMARKS, EMBEDDED, EMBEDDED_ARENA, SINGLE_GRADING
+from salsa.benchmarks.answer_formats import read_answers
 from salsa.benchmarks.data import load_benchmark
-from salsa.benchmarks.answer_formats import read_answers, write_jsonl
+from salsa.benchmarks.files import write_jsonl
 from salsa.benchmarks.judge_protocols import judge_arena, judge_mt_bench
 from salsa.benchmarks.mt_bench_scoring import format_mt_bench_table, mt_bench_metrics, mt_bench_table
 from salsa.benchmarks.scores_json import arena_metrics, failure_metrics, score_judge_metrics

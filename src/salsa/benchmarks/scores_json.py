@@ -5,7 +5,8 @@ from __future__ import annotations
 from salsa.benchmarks import ARENA_V2
 from salsa.benchmarks.arena_hard_scoring import (arena_v01_scores, arena_v2_scores, format_arena_table,
                                                  legacy_dropped)
-from salsa.benchmarks.mt_bench_scoring import metric_name, reward_win_rate
+from salsa.benchmarks.mt_bench_scoring import metric_name
+from salsa.benchmarks.win_rate import reward_win_rate
 
 
 def _baseline_of(records: list[dict], default: str = "baseline") -> str:

@@ -21,7 +21,8 @@ from salsa.artifacts import StageError
 from salsa.benchmarks import ARENA_V01, ARENA_V2
 from salsa.benchmarks.arena_hard_scoring import (arena_v01_scores, arena_v2_scores, format_arena_table,
                                                  is_v2_record, legacy_dropped)
-from salsa.benchmarks.data import V01_BASELINE, load_mt_questions, read_jsonl
+from salsa.benchmarks.data import V01_BASELINE, load_mt_questions
+from salsa.benchmarks.files import read_jsonl
 from salsa.benchmarks.mt_bench_scoring import format_mt_bench_table, mt_bench_table
 
 
