@@ -41,9 +41,11 @@ class JudgeStageConfig:
                                                   "baseline under data-dir/model_answer; embedded_arena: "
                                                   "required, the first SFT's answers)")
     data_dir: str | None = arg(None, help="benchmark directory (see salsa.benchmarks.answer --data-dir)")
-    hub_dataset: str | None = arg(None, help="Hugging Face dataset id to fetch the benchmark from instead")
+    hub_dataset: str | None = arg(None, help="Hugging Face dataset id to read the benchmark from instead "
+                                              "(e.g. lmarena-ai/arena-hard-auto)")
     hub_revision: str | None = arg(None, help="revision of --hub-dataset")
-    hub_subdir: str | None = arg(None, help="folder of --hub-dataset holding question.jsonl etc.")
+    hub_subdir: str | None = arg(None, help="folder of --hub-dataset holding question.jsonl etc. "
+                                             "(e.g. data/arena-hard-v0.1)")
     categories: list[str] = arg([], help="Arena-Hard v2.0 categories (default: hard_prompt)")
     seed: int = arg(0, help="seed of the bootstraps and of a sampling local judge")
     max_questions: int | None = arg(None, help="judge only the first N questions")
