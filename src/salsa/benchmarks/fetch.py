@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def fetch(benchmark: str, out: Path, from_dir: str | None = None, timeout: float
             if not origin.is_file():
                 raise StageError(f"{origin}: file not found (a {benchmark} copy needs {source.path})")
             shutil.copyfile(origin, target)
-            origin = str(origin)
+            origin = os.path.normpath(origin)
         elif source.hub:
             shutil.copyfile(download_hub_file(*source.hub), target)
             origin = source.origin
