@@ -3,7 +3,7 @@ rule tables:
         evals=[result("eval", m) for m in evaluated_models()],
         runs=[model_dir(r) for r in ppo_run_ids()],
         judged=[result("bench", b, m, "judged") for b in enabled_benchmarks() for m in evaluated_models()],
-        src=src("tables", "stats", "plots"),
+        src=src("tables", "stats", "plots", "benchmarks.win_rate"),
     output:
         summary=report(result("tables", "summary.md"), category="Summary"),
         csv=report(result("tables", "summary.csv"), category="Summary"),

@@ -77,7 +77,7 @@ def test_tiny_workflow_end_to_end_then_caching(tmp_path):
                 "ppo/salsa/seed2"}
     assert set(summary.model) == expected
     for column in ("gold_id", "gold_ood", "proxy_id", "kl_sft_id", "length_id", "empty_id", "rm_winrate_hard",
-                   "mtbench_score", "arena_winrate"):
+                   "embedded_mt_score", "embedded_arena_winrate", "judge_failures"):
         assert column in summary.columns, column
     assert summary.loc[summary.model == "sft/seed1", "kl_sft_id"].item() == 0.0
     markdown = (tables / "summary.md").read_text()

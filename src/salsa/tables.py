@@ -30,7 +30,6 @@ HEADLINE = ["gold_id", "gold_ood", "proxy_id", "kl_ref_id", "kl_sft_id", "length
 # per-prompt fields of eval/<model>/samples.jsonl that the tables bootstrap (metric = <field>_<split>)
 SAMPLE_FIELDS = ("gold", "proxy", "length", "kl_ref", "kl_sft")
 RUN_KEYS = ("model", "kind", "method", "seed", "replicate")
-EXTRA = ("mtbench_score", "arena_winrate")
 
 
 @dataclasses.dataclass
@@ -71,7 +70,7 @@ def read_samples(path: Path) -> list[dict]:
 
 
 def collect_rows(config: TablesConfig) -> pd.DataFrame:
-    from salsa.benchmarks.scoring import reward_win_rate
+    from salsa.benchmarks.win_rate import reward_win_rate
 
     results = Path(config.results)
     baseline = config.baseline or config.models[0]
@@ -88,10 +87,33 @@ def collect_rows(config: TablesConfig) -> pd.DataFrame:
         if paired:
             rates = reward_win_rate([m for m, _ in paired], [b for _, b in paired], n_boot=1000, seed=config.seed)
             row.update({f"rm_winrate_{k}": v for k, v in rates.items()})
-        for scores in sorted((results / "bench").glob(f"*/{model_id}/judged/scores.json")):
-            row.update(artifacts.read_json(scores))
+        row.update(benchmark_columns(results, model_id))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def benchmark_columns(results: Path, model_id: str) -> dict:
+    """Every benchmark's scores.json, keys prefixed by the benchmark, so two benchmarks never share a column.
+
+    mtbench_score of mt_bench -> mt_bench_score, of embedded_mt -> embedded_mt_score; arena_winrate of
+    arena_hard_v0.1 -> arena_hard_v0.1_winrate; other keys are prefixed whole: embedded_arena_judge_failures.
+    judge_failures sums the failed verdicts over the model's benchmarks.
+    """
+    columns: dict = {}
+    for path in sorted((results / "bench").glob(f"*/{model_id}/judged/scores.json")):
+        benchmark = path.relative_to(results / "bench").parts[0]
+        for key, value in artifacts.read_json(path).items():
+            columns[f"{benchmark}_{key.removeprefix('mtbench_').removeprefix('arena_')}"] = value
+        columns["judge_failures"] = columns.get("judge_failures", 0) + columns.get(f"{benchmark}_judge_failures", 0)
+    return columns
+
+
+def benchmark_headline(columns) -> list[str]:
+    """The one score column of each benchmark: <single-grading>_score, <pairwise>_winrate."""
+    from salsa.benchmarks import BENCHMARKS, PAIRWISE
+
+    names = [f"{b}_{'winrate' if b in PAIRWISE else 'score'}" for b in BENCHMARKS]
+    return [c for c in names if c in columns]
 
 
 def prompt_intervals(samples: list[dict], n_boot: int, seed: int) -> dict:
@@ -217,7 +239,7 @@ def markdown_table(frame: pd.DataFrame, columns: list[str]) -> str:
 
 
 def shown_metrics(frame: pd.DataFrame) -> list[str]:
-    return [c for c in (*HEADLINE, *EXTRA) if c in frame.columns]
+    return [c for c in HEADLINE if c in frame.columns] + benchmark_headline(frame.columns)
 
 
 def pm(value, half) -> str:
@@ -234,7 +256,7 @@ def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.Data
              f"rm_winrate = reward-model win rate against `{baseline}` on the same prompts; "
              "_id = in-distribution prompts, _ood = longer lists than any seen in training. "
              "All intervals are 95%.", "",
-             "## Every model", "", markdown_table(frame, ["model", *metrics]), ""]
+             "## Every model", "", markdown_table(frame, ["model", *metrics, *[c for c in ("judge_failures",) if c in frame.columns]]), ""]
     single = frame[frame.kind != "ppo"].copy()
     with_ci = [m for m in metrics if f"{m}_ci" in single.columns and single[m].notna().any()]
     if len(single) and with_ci:
