@@ -95,6 +95,6 @@ rule evaluate_judge:
     conda:
         "../envs/salsa.yaml"
     shell:
-        "python -m salsa.benchmarks.judge --answers {input.answers} --benchmark {wildcards.benchmark}"
+        "exec python -m salsa.benchmarks.judge --answers {input.answers} --benchmark {wildcards.benchmark}"
         " --judge {params.judge} --data-dir {params.data} --out {output} --seed {params.seed}"
         " {params.baseline} {params.judge_model} {params.args} > {log} 2>&1"
