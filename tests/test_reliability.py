@@ -167,7 +167,8 @@ BAD_CONFIGS = {
     "missing-gguf-file": ({"base_model": {"model": "smollm2.Q8_0.gguf"}},
                           "base_model.model: smollm2.Q8_0.gguf: no such file"),
     "missing-local-dataset": ({"data": {"source": "hub", "hub": {"sft_dataset": "data/chats/train.jsonl"}}},
-                              "data.hub.sft_dataset: data/chats/train.jsonl: no such file or directory; to load"),
+                              "data.hub.sft_dataset: data/chats/train.jsonl: no such file or directory; to load "
+                              "from the Hugging Face Hub, name it by its Hub id (ORG/NAME, e.g. HuggingFaceH4/"),
 }
 
 
@@ -284,6 +285,14 @@ def test_an_empty_split_is_named_without_loading_it(tiny, tmp_path, capsys):
     save_split(tmp_path / "data" / "ppo_prompts", {"prompt": []})
     with pytest.raises(artifacts.StageError, match=r"ppo_prompts: empty split"):
         ppo.load_prompts(str(tmp_path / "data"))
+
+
+def test_a_local_hub_data_split_that_cannot_load_is_named(tmp_path):
+    from salsa import hub_data
+
+    save_split(tmp_path / "chats", {"messages": []})
+    with pytest.raises(artifacts.StageError, match=rf"^{re.escape(str(tmp_path / 'chats'))}: cannot load dataset"):
+        hub_data.load_rows(str(tmp_path / "chats"), "train")
 
 
 def test_a_truncated_arrow_file_is_named(tiny, tmp_path):

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # the rules' sft/soup/method wildcards
-HUB_ID_HINT = ("to load from the Hugging Face Hub, name it by its Hub id (ORG/NAME, e.g. "
-               "HuggingFaceTB/SmolLM2-135M), without a leading ./ or /")
+HUB_ID_HINT = "to load from the Hugging Face Hub, name it by its Hub id (ORG/NAME, e.g. {}), without a leading ./ or /"
+MODEL_EXAMPLE, DATASET_EXAMPLE = "HuggingFaceTB/SmolLM2-135M", "HuggingFaceH4/ultrachat_200k"
 # checkpoint_every is wired through rule resources (rules/common.smk), not per run
 PER_STAGE_ONLY = "checkpoint_every"
 LOCAL_SUFFIXES = (".gguf", ".json", ".jsonl", ".parquet", ".arrow", ".safetensors", ".bin", ".yaml", ".yml",
@@ -189,19 +189,20 @@ def _check_soups(config: dict) -> Iterator[str]:
 
 
 def _check_paths(config: dict, workdir: Path) -> Iterator[str]:
-    def missing(key: str, value: Any, always_local: bool = False) -> Iterator[str]:
+    def missing(key: str, value: Any, always_local: bool = False, example: str = MODEL_EXAMPLE) -> Iterator[str]:
         if not isinstance(value, str) or not value or value.startswith("pypi:"):
             return
         path = value.partition("::")[0] if "::" in value else value
         if (always_local or looks_local(value)) and not (workdir / os.path.expanduser(path)).exists():
-            hint = "" if always_local else f"; {HUB_ID_HINT}"
+            hint = "" if always_local else "; " + HUB_ID_HINT.format(example)
             yield f"{key}: {value}: no such file or directory{hint}"
 
     yield from missing("base_model.model", config.get("base_model", {}).get("model"))
     hub = config.get("data", {}).get("hub") or {}
     if config.get("data", {}).get("source") == "hub":
         for key in ("sft_dataset", "prefs_dataset", "prompts_dataset", "ood_dataset", "tokenizer"):
-            yield from missing(f"data.hub.{key}", hub.get(key))
+            yield from missing(f"data.hub.{key}", hub.get(key),
+                               example=MODEL_EXAMPLE if key == "tokenizer" else DATASET_EXAMPLE)
     for name, spec in (config.get("benchmarks") or {}).items():
         if not spec.get("enabled", True):
             continue
