@@ -227,7 +227,8 @@ def test_snakemake_refuses_a_config_mistake_before_any_job(tmp_path):
     overlay = tmp_path / "typo.yaml"
     overlay.write_text("ppo:\n  methods:\n    salsa: {init: soup/uniform, reference: soup/nonexistent}\n"
                        "tables: {reference_method: nonexistent}\n")
-    proc = snakemake(tmp_path, "--configfile", str(DEFAULT), str(TINY), str(overlay))  # a real run, not -n
+    # a real run, not -n (--until bounds what a regression would run)
+    proc = snakemake(tmp_path, "--configfile", str(DEFAULT), str(TINY), str(overlay), "--until", "prepare_data")
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     errors = [line for line in output.splitlines() if line.startswith("error: config: ")]
