@@ -80,7 +80,8 @@ def resolve_model_path(name_or_path: str) -> str:
     if os.path.isdir(name_or_path):
         return name_or_path
     if name_or_path.startswith((".", "/")) or os.sep in name_or_path.rstrip("/").split("/", 1)[-1]:
-        raise StageError(f"{name_or_path}: model directory not found")
+        raise StageError(f"{name_or_path}: model directory not found (a Hub model is named ORG/NAME, "
+                         "without a leading ./ or /)")
     return name_or_path
 
 
