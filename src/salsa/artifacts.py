@@ -72,7 +72,7 @@ def write_json(path: str | Path, payload: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the user's group
+    honour_umask(fd)
     with os.fdopen(fd, "w") as handle:
         json.dump(to_jsonable(payload), handle, indent=2, sort_keys=False)
         handle.write("\n")
@@ -109,6 +109,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def honour_umask(fd: int) -> None:
+    """Give a mkstemp file the mode a plain open() would: mkstemp's 0600 hides results from the user's group."""
+    os.fchmod(fd, 0o666 & ~_umask())
 
 
 def _fresh_dir(parent: Path, prefix: str) -> Path:
