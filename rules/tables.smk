@@ -27,5 +27,5 @@ rule tables:
     conda:
         "../envs/salsa.yaml"
     shell:
-        "python -m salsa.tables --results {RESULTS} --models {params.models} --baseline {params.baseline}"
+        "exec python -m salsa.tables --results {RESULTS} --models {params.models} --baseline {params.baseline}"
         " --reference-method {params.reference_method} --out {params.out} > {log} 2>&1"

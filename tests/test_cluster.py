@@ -80,7 +80,7 @@ def jobs(output: str) -> dict[str, list[tuple[str, str]]]:
         if rule:
             resources = re.search(r"resources: (.*)", block)
             shell = (re.search(r"Shell command: (.*)", block)
-                     or re.search(r"^\s+(python -m .*|accelerate .*)$", block, re.M))
+                     or re.search(r"^\s+((?:exec )?(?:python -m|accelerate) .*)$", block, re.M))
             found.setdefault(rule.group(1), []).append((resources.group(1) if resources else "",
                                                          shell.group(1) if shell else ""))
     return found
@@ -105,10 +105,10 @@ def test_dry_run_under_each_profile(name, profile, tmp_path, monkeypatch):
         assert f"gpu={gpus}" in resources, (rule, resources)
         if gpus > 1:
             accelerate = config["resources"][stage]["accelerate_config"]
-            assert shell.startswith("accelerate launch --config_file") and f"{accelerate}.yaml" in shell
+            assert shell.startswith("exec accelerate launch --config_file") and f"{accelerate}.yaml" in shell
             assert f"--num_processes {gpus} -m salsa." in shell
         else:
-            assert shell.startswith("python -m salsa."), shell
+            assert shell.startswith("exec python -m salsa."), shell
     if profile == "slurm":
         assert "slurm_partition=gpu" in by_rule["sft"][0][0]
 
