@@ -94,7 +94,7 @@ JobCompLoc=$STATE/jobcomp.txt
 MinJobAge=300
 # schedule at once on submit; cores and memory are consumable, so jobs share the node
 SchedulerType=sched/builtin
-SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+SchedulerParameters=batch_sched_delay=0,sched_interval=2,sched_min_interval=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 MpiDefault=none
