@@ -115,7 +115,7 @@ def test_dry_run_under_each_profile(name, profile, tmp_path):
     by_rule = jobs(proc.stdout + proc.stderr)
     threads = min(config.get("threads", 1), yaml.safe_load(open(PROFILES[profile] / "config.yaml"))["cores"])
     for rule, stage in (("sft", "sft"), ("reward_model", "reward_model"), ("ppo", "ppo"), ("evaluate", "evaluate"),
-                        ("soup", "soup"), ("prepare_data", "prepare_data")):
+                        ("soup", "soup"), ("prepare_data", "prepare_data"), ("tables", "tables")):
         table = config.get("resources", {})
         gpus = table.get(stage, {}).get("gpus", table.get("default", {}).get("gpus", 0))
         resources, shell = by_rule[rule][0]
