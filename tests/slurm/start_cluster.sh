@@ -47,6 +47,10 @@ if [ -e "$ETC_CONF" ] || [ -L "$ETC_CONF" ]; then
     fi
 fi
 
+# From here on, a failure stops whatever this script has started.
+give_up() { "$(dirname "$0")/stop_cluster.sh" "$STATE" >/dev/null 2>&1 || true; unavailable "$@"; }
+trap '"$(dirname "$0")/stop_cluster.sh" "$STATE" >/dev/null 2>&1 || true' ERR
+
 # --- munge -----------------------------------------------------------------------
 if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     echo "munged already running: using it" >&2
@@ -58,16 +62,16 @@ else
     runuser -u munge -- munged --pid-file=/run/munge/munged.pid
     cat /run/munge/munged.pid > "$STATE/munged.pid"
     for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
-    munge -n | unmunge >/dev/null || unavailable "munged does not answer"
+    munge -n | unmunge >/dev/null || give_up "munged does not answer"
 fi
 
 # --- slurm.conf --------------------------------------------------------------------
 HOST=$(hostname -s)
-CPUS=$(nproc)
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)   # nproc alone counts OMP_NUM_THREADS
 MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)   # 10% below what slurmd sees
 CTLD_PORT=${SALSA_SLURMCTLD_PORT:-6817}
 SLURMD_PORT=${SALSA_SLURMD_PORT:-6818}
-mkdir -p "$STATE/ctld" "$STATE/spool" "$STATE/logs"
+mkdir -p "$STATE/ctld" "$STATE/spool"
 cat > "$STATE/slurm.conf" <<CONF
 # written by tests/slurm/start_cluster.sh for this machine ($HOST, $CPUS CPUs, $MEM_MB MB)
 ClusterName=salsa-test
@@ -112,7 +116,7 @@ export SLURM_CONF=$STATE/slurm.conf
 
 # --- daemons -------------------------------------------------------------------------
 if scontrol ping 2>/dev/null | grep -q "is UP"; then
-    unavailable "a slurmctld already answers on port $CTLD_PORT (set SALSA_SLURMCTLD_PORT/SALSA_SLURMD_PORT)"
+    give_up "a slurmctld already answers on port $CTLD_PORT (set SALSA_SLURMCTLD_PORT/SALSA_SLURMD_PORT)"
 fi
 slurmctld -f "$SLURM_CONF" -i      # -i: ignore state left by an earlier run in this STATE_DIR
 slurmd -f "$SLURM_CONF"
@@ -126,5 +130,4 @@ for _ in $(seq 120); do
 done
 echo "node not idle after 60 s; sinfo says: $(sinfo -N 2>&1 | tail -n +2)" >&2
 tail -5 "$STATE/slurmctld.log" "$STATE/slurmd.log" >&2 || true
-"$(dirname "$0")/stop_cluster.sh" "$STATE" || true
-unavailable "node did not become idle"
+give_up "node did not become idle"
