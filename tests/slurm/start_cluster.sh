@@ -16,6 +16,7 @@ STATE=${1:?usage: start_cluster.sh STATE_DIR}
 mkdir -p "$STATE"
 STATE=$(cd "$STATE" && pwd)
 unavailable() { echo "slurm unavailable: $*" >&2; exit 3; }
+export PATH=$PATH:/usr/sbin:/sbin   # the daemons live in sbin
 
 # --- packages ------------------------------------------------------------------
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null \
