@@ -82,12 +82,21 @@ def launcher(stage, salsa_module=None):
 
 
 def stage_resources(stage):
-    """A rule's resources: memory, time, GPUs (`gpu`, which the SLURM plugin turns into --gpus) and SLURM extras."""
-    table = {"mem_mb": resources_for(stage, "mem_mb"), "runtime": resources_for(stage, "runtime"),
-             "gpu": int(resources_for(stage, "gpus", 0))}
+    """A rule's resources: memory, time, GPUs (`gpu`, which the SLURM plugin turns into --gpus) and SLURM extras.
+
+    Each key comes from resources.<stage>, then, for a stage that asks for no GPU, resources.cpu
+    (e.g. a CPU partition), then resources.default; keys set nowhere are left to the profile.
+    """
+    gpus = int(resources_for(stage, "gpus", 0))
+    cpu_block = config.get("resources", {}).get("cpu", {}) if gpus == 0 else {}
+
+    def lookup(key):
+        own = config.get("resources", {}).get(stage, {}).get(key)
+        return own if own is not None else cpu_block.get(key, resources_for(stage, key))
+
+    table = {"mem_mb": lookup("mem_mb"), "runtime": lookup("runtime"), "gpu": gpus}
     for key in ("slurm_partition", "slurm_account", "gpu_model", "slurm_extra", "cpus_per_task"):
-        if resources_for(stage, key) is not None:
-            table[key] = resources_for(stage, key)
+        table[key] = lookup(key)
     if stage in DATA_PARALLEL:
         table["checkpoint_every"] = checkpointing(stage)
     return {k: v for k, v in table.items() if v is not None}

@@ -24,6 +24,8 @@ rule tables:
         out=result("tables"),
     log:
         result("logs", "tables.log"),
+    resources:
+        **stage_resources("tables"),
     conda:
         "../envs/salsa.yaml"
     shell:
