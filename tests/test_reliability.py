@@ -354,3 +354,20 @@ def test_artifacts_get_the_permissions_the_umask_gives(tmp_path, umask, dir_mode
         os.umask(previous)
     assert (tmp_path / "artifact").stat().st_mode & 0o777 == dir_mode
     assert (tmp_path / "artifact" / "metrics.json").stat().st_mode & 0o777 == file_mode
+
+
+@pytest.mark.parametrize("umask, file_mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_answer_files_and_judge_cache_get_the_permissions_the_umask_gives(tmp_path, umask, file_mode):
+    from salsa.benchmarks.files import write_jsonl
+    from salsa.judges.cache import JudgmentCache
+
+    previous = os.umask(umask)
+    try:
+        write_jsonl(tmp_path / "answers.jsonl", [{"question_id": 1}])
+        cache = JudgmentCache(tmp_path / "cache")
+        cache.put("ab" * 32, "judge", [{"role": "user", "content": "q"}], 0.0, 8, "[[5]]")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "answers.jsonl").stat().st_mode & 0o777 == file_mode
+    cached = [p for p in (tmp_path / "cache").rglob("*.json")]
+    assert len(cached) == 1 and cached[0].stat().st_mode & 0o777 == file_mode

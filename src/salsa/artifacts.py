@@ -67,16 +67,27 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | Path, payload: Any) -> None:
-    """Write JSON atomically (temp file in the same directory, then rename)."""
+@contextlib.contextmanager
+def atomic_text_file(path: str | Path, prefix: str | None = None):
+    """A text handle on a temp file beside `path`, renamed onto it only when the block ends without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=prefix or f".{path.name}.", dir=path.parent)
     honour_umask(fd)
-    with os.fdopen(fd, "w") as handle:
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write JSON atomically (temp file in the same directory, then rename)."""
+    with atomic_text_file(path) as handle:
         json.dump(to_jsonable(payload), handle, indent=2, sort_keys=False)
         handle.write("\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: str | Path) -> Any:
