@@ -10,7 +10,8 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 EXPERIMENT = config["experiment"]
 RESULTS = f"results/{EXPERIMENT}"
 THREADS = config.get("threads", 1)
-CLI_EXCLUDED = {"seeds", "extra", "methods", "params", "sweep", "init", "reference", "normalize_policy"}
+CLI_EXCLUDED = {"seeds", "extra", "methods", "params", "sweep", "init", "reference", "normalize_policy",
+                "checkpoint_every"}  # a resource (checkpointing()): changing it reruns nothing
 
 wildcard_constraints:
     sft="[A-Za-z0-9_.-]+",
@@ -58,27 +59,46 @@ DATA_PARALLEL = {"base_model": "base", "sft": "sft", "reward_model": "reward", "
 SINGLE_PROCESS = {"evaluate": "evaluate", "prepare_data": "data", "dpo_reference": "dpo_reference"}
 
 
+def checkpointing(stage):
+    """The stage's checkpoint interval, passed as a resource: params are a rerun trigger, resources are not."""
+    block = config.get(stage, {}).get("params", {}) if stage in ("ppo", "dpo") else config.get(stage, {})
+    return int(block.get("checkpoint_every", 0))
+
+
 def launcher(stage, salsa_module=None):
-    """`python -m salsa.<module>`, or `accelerate launch` over N processes when the stage asks for N > 1 GPUs."""
+    """`exec python -m salsa.<module>`, or `exec accelerate launch` over N processes when the stage asks for
+    N > 1 GPUs. `exec`: the stage replaces the job's shell, so killing the job kills the stage."""
     salsa_module = salsa_module or DATA_PARALLEL.get(stage) or SINGLE_PROCESS[stage]
+    every = " --checkpoint-every {resources.checkpoint_every}" if stage in DATA_PARALLEL else ""
     gpus = int(resources_for(stage, "gpus", 0))
     if gpus <= 1:
-        return f"python -m salsa.{salsa_module}"
+        return f"exec python -m salsa.{salsa_module}{every}"
     if stage not in DATA_PARALLEL:
         raise ValueError(f"resources.{stage}.gpus: {stage} runs in one process; use gpus 0 or 1")
     name = resources_for(stage, "accelerate_config", "ddp")
     path = name if name.endswith(".yaml") else os.path.join(workflow.basedir, "config", "accelerate", f"{name}.yaml")
-    return shlex.join(["accelerate", "launch", "--config_file", path, "--num_processes", str(gpus),
-                       "-m", f"salsa.{salsa_module}"])
+    return "exec " + shlex.join(["accelerate", "launch", "--config_file", path, "--num_processes", str(gpus),
+                                 "-m", f"salsa.{salsa_module}"]) + every
 
 
 def stage_resources(stage):
-    """A rule's resources: memory, time, GPUs (`gpu`, which the SLURM plugin turns into --gpus) and SLURM extras."""
-    table = {"mem_mb": resources_for(stage, "mem_mb"), "runtime": resources_for(stage, "runtime"),
-             "gpu": int(resources_for(stage, "gpus", 0))}
+    """A rule's resources: memory, time, GPUs (`gpu`, which the SLURM plugin turns into --gpus) and SLURM extras.
+
+    Each key comes from resources.<stage>, then, for a stage that asks for no GPU, resources.cpu
+    (e.g. a CPU partition), then resources.default; keys set nowhere are left to the profile.
+    """
+    gpus = int(resources_for(stage, "gpus", 0))
+    cpu_block = config.get("resources", {}).get("cpu", {}) if gpus == 0 else {}
+
+    def lookup(key):
+        own = config.get("resources", {}).get(stage, {}).get(key)
+        return own if own is not None else cpu_block.get(key, resources_for(stage, key))
+
+    table = {"mem_mb": lookup("mem_mb"), "runtime": lookup("runtime"), "gpu": gpus}
     for key in ("slurm_partition", "slurm_account", "gpu_model", "slurm_extra", "cpus_per_task"):
-        if resources_for(stage, key) is not None:
-            table[key] = resources_for(stage, key)
+        table[key] = lookup(key)
+    if stage in DATA_PARALLEL:
+        table["checkpoint_every"] = checkpointing(stage)
     return {k: v for k, v in table.items() if v is not None}
 
 

@@ -61,5 +61,5 @@ rule soup:
     conda:
         "../envs/salsa.yaml"
     shell:
-        "python -m salsa.soup --inputs {input.ingredients} --weights {params.weights} --out {output}"
+        "exec python -m salsa.soup --inputs {input.ingredients} --weights {params.weights} --out {output}"
         " > {log} 2>&1"

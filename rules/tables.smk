@@ -3,10 +3,16 @@ rule tables:
         evals=[result("eval", m) for m in evaluated_models()],
         runs=[model_dir(r) for r in ppo_run_ids()],
         judged=[result("bench", b, m, "judged") for b in enabled_benchmarks() for m in evaluated_models()],
-        src=src("tables"),
+        src=src("tables", "stats", "plots", "benchmarks.win_rate"),
     output:
         summary=report(result("tables", "summary.md"), category="Summary"),
         csv=report(result("tables", "summary.csv"), category="Summary"),
+        comparisons=report(result("tables", "comparisons.csv"), category="Summary",
+                           caption="../docs/report/comparisons.rst"),
+        matched_kl=report(result("tables", "matched_kl.csv"), category="Summary",
+                          caption="../docs/report/matched_kl.rst"),
+        single_models=report(result("tables", "single_models.csv"), category="Summary",
+                             caption="../docs/report/single_models.rst"),
         curves=report(result("tables", "ppo_curves.png"), category="Plots",
                       caption="../docs/report/ppo_curves.rst"),
         frontier=report(result("tables", "frontier.png"), category="Plots",
@@ -18,8 +24,10 @@ rule tables:
         out=result("tables"),
     log:
         result("logs", "tables.log"),
+    resources:
+        **stage_resources("tables"),
     conda:
         "../envs/salsa.yaml"
     shell:
-        "python -m salsa.tables --results {RESULTS} --models {params.models} --baseline {params.baseline}"
+        "exec python -m salsa.tables --results {RESULTS} --models {params.models} --baseline {params.baseline}"
         " --reference-method {params.reference_method} --out {params.out} > {log} 2>&1"

@@ -52,6 +52,20 @@ def test_dpo_sweep_expands_like_ppo_and_a_dpo_typo_is_refused(tmp_path):
     assert proc.returncode != 0 and "betta" in proc.stdout + proc.stderr
 
 
+def test_undefined_reward_or_reference_names_are_refused_at_parse_time(tmp_path):
+    overlay = tmp_path / "typo.yaml"
+    overlay.write_text("reward_models: {seed2: {seed: 2}}\n"
+                       "reward_soups: {uniform: {ingredients: [reward_model, reward/seed3]}}\n"
+                       "ppo:\n  methods:\n    warm: {init: sft/seed1, reference: sft/seed1, reward: reward_soup/unform}\n"
+                       "dpo:\n  seeds: [1]\n  methods:\n    d: {init: sft/seed1, reference: soup/unform}\n")
+    proc = snakemake(tmp_path, "-n", "--configfile", DEFAULT, str(overlay), check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    for key in ("ppo.methods.warm.reward: 'reward_soup/unform'", "reward_soups.uniform.ingredients[1]: 'reward/seed3'",
+                "dpo.methods.d.reference: 'soup/unform'"):
+        assert key in output, output[-2000:]
+
+
 def test_schema_lists_only_real_dpo_and_ppo_flags():
     from salsa.dpo import DPOConfig
     from salsa.ppo import PPOConfig

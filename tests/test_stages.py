@@ -39,7 +39,10 @@ def test_sft_seeds_differ_and_a_seed_reproduces(tiny, tmp_path):
 
 def test_reward_model_reports_accuracy_and_normalisation(tiny):
     report = json.loads((tiny["reward"] / "reward_eval.json").read_text())
-    assert 0.0 <= report["eval"]["accuracy"] <= 1.0 and report["eval"]["pairs"] == 40
+    # above chance on 40 held-out pairs (measured 0.650-0.675 over reward seeds 0-2); an untrained head sits
+    # near 0.5 and swapped chosen/rejected labels fall below it
+    assert report["eval"]["accuracy"] >= 0.6 and report["eval"]["pairs"] == 40
+    assert report["eval"]["chosen"]["mean"] > report["eval"]["rejected"]["mean"]
     assert {"mean", "std"} <= set(report["eval"]["chosen"])
     norm = json.loads((tiny["reward"] / "reward_normalization.json").read_text())
     assert norm["std"] > 0 and norm["samples"] == 32
@@ -120,8 +123,14 @@ def test_evaluate_reports_kl_zero_to_itself(tiny, tmp_path):
                    "--max-new-tokens", "6", "--threads", "1"])
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["kl_ref_id"] == 0.0 and metrics["kl_sft_ood"] == 0.0
-    assert 0.0 <= metrics["empty_id"] <= 1.0 and metrics["length_id"] >= 0
-    assert -1.0 <= metrics["gold_id"] <= 1.0
+    # the reported means are those of the per-prompt records of their own split
+    samples = [json.loads(line) for line in open(tmp_path / "e" / "samples.jsonl")]
+    for split in ("id", "ood"):
+        rows = [r for r in samples if r["split"] == split]
+        assert rows
+        assert metrics[f"gold_{split}"] == pytest.approx(sum(r["gold"] for r in rows) / len(rows))
+        assert metrics[f"length_{split}"] == pytest.approx(sum(r["length"] for r in rows) / len(rows))
+        assert metrics[f"empty_{split}"] == pytest.approx(sum(r["length"] == 0 for r in rows) / len(rows))
 
 
 def test_bad_input_is_one_line_and_nonzero(tiny, tmp_path, capsys):

@@ -77,11 +77,19 @@ def test_tiny_workflow_end_to_end_then_caching(tmp_path):
                 "ppo/salsa/seed2"}
     assert set(summary.model) == expected
     for column in ("gold_id", "gold_ood", "proxy_id", "kl_sft_id", "length_id", "empty_id", "rm_winrate_hard",
-                   "mtbench_score", "arena_winrate"):
+                   "embedded_mt_score", "embedded_arena_winrate", "judge_failures"):
         assert column in summary.columns, column
     assert summary.loc[summary.model == "sft/seed1", "kl_sft_id"].item() == 0.0
     markdown = (tables / "summary.md").read_text()
     assert "PPO methods over seeds" in markdown and "salsa" in markdown
+    # the comparisons the tables generate: SALSA against PPO paired by seed, Holm, power, matched KL, single models
+    comparisons = pd.read_csv(tables / "comparisons.csv")
+    gold = comparisons[comparisons.metric == "gold_id"]
+    assert gold[["method", "vs", "test"]].values.tolist() == [["salsa", "ppo", "paired (n=2)"]]
+    assert "## Power" in markdown and "## Gold at matched KL" in markdown and "Holm-adjusted" in markdown
+    assert (tables / "matched_kl.csv").stat().st_size > 0
+    assert set(pd.read_csv(tables / "single_models.csv").vs) == {"sft/seed1", "sft/seed2"}
+    assert summary.loc[summary.model == "soup/uniform", "gold_id_ci"].item() > 0
     assert (tables / "ppo_curves.png").stat().st_size > 0 and (tables / "frontier.png").stat().st_size > 0
 
     again = snakemake(tmp_path, "-n", "--configfile", DEFAULT, TINY)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 
-from salsa.artifacts import StageError
+from salsa.artifacts import StageError, check_safetensors
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -79,7 +80,8 @@ def resolve_model_path(name_or_path: str) -> str:
     if os.path.isdir(name_or_path):
         return name_or_path
     if name_or_path.startswith((".", "/")) or os.sep in name_or_path.rstrip("/").split("/", 1)[-1]:
-        raise StageError(f"{name_or_path}: model directory not found")
+        raise StageError(f"{name_or_path}: model directory not found (a Hub model is named ORG/NAME, "
+                         "without a leading ./ or /)")
     return name_or_path
 
 
@@ -90,8 +92,11 @@ def _from_pretrained(auto_class, spec: str, what: str, **kwargs):
         if gguf:
             loaded = auto_class.from_pretrained(gguf[0], gguf_file=gguf[1], **kwargs)
             return _forget_gguf_quantization(loaded)
-        return auto_class.from_pretrained(resolve_model_path(spec), **kwargs)
-    except (OSError, ValueError) as err:
+        path = resolve_model_path(spec)
+        if os.path.isdir(path):
+            check_safetensors(path)
+        return auto_class.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, SafetensorError) as err:
         raise StageError(f"{spec}: cannot load {what} ({str(err).splitlines()[0]})") from None
 
 

@@ -145,16 +145,7 @@ class PolicyAndValue(torch.nn.Module):
 
 
 def load_prompts(data: str) -> list[str]:
-    from datasets import load_from_disk
-
-    path = f"{data}/ppo_prompts"
-    try:
-        prompts = list(load_from_disk(path)["prompt"])
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        raise artifacts.StageError(f"{path}: needs a dataset with a `prompt` column ({err})") from None
-    if not prompts:
-        raise artifacts.StageError(f"{path}: no prompts")
-    return prompts
+    return list(artifacts.load_split(f"{data}/ppo_prompts", ("prompt",))["prompt"])
 
 
 def gold_judge(data: str):

@@ -71,16 +71,8 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: tor
 
 
 def load_pairs(path: str, margin_column: str = "", max_examples: int = 0) -> dict[str, list]:
-    from datasets import load_from_disk
-
-    try:
-        dataset = load_from_disk(path)
-    except (FileNotFoundError, ValueError) as err:
-        raise artifacts.StageError(f"{path}: not a dataset saved with save_to_disk ({err})") from None
     needed = {"prompt", "chosen", "rejected"} | ({margin_column} if margin_column else set())
-    missing = needed - set(dataset.column_names)
-    if missing:
-        raise artifacts.StageError(f"{path}: missing column(s) {sorted(missing)}")
+    dataset = artifacts.load_split(path, tuple(sorted(needed)))
     if max_examples:
         dataset = dataset.select(range(min(max_examples, len(dataset))))
     return {name: list(dataset[name]) for name in needed}
@@ -125,14 +117,14 @@ def normalization_stats(reward_model, tokenizer, policy_path: str, prompts: list
 
 
 def main(argv: list[str] | None = None) -> None:
-    from datasets import load_from_disk
-
     config = parse(RewardConfig, argv)
     artifacts.set_threads(config.threads)
     artifacts.seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model)
     train_pairs = load_pairs(f"{config.data}/prefs_train", config.margin_column, config.max_examples)
     eval_pairs = load_pairs(f"{config.data}/prefs_eval")
+    if config.normalize_policy:  # read now: a bad split should not surface after training
+        normalize_prompts = list(artifacts.load_split(f"{config.data}/ppo_prompts", ("prompt",))["prompt"])
     model = load_reward_model(config.model, config.dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
@@ -172,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
               "eval": evaluate_pairs(model, tokenizer, eval_pairs),
               "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "seconds": time.time() - started}
     if config.normalize_policy:
-        prompts = list(load_from_disk(f"{config.data}/ppo_prompts")["prompt"])[:config.normalize_samples]
+        prompts = normalize_prompts[:config.normalize_samples]
         normalization = normalization_stats(model, tokenizer, config.normalize_policy, prompts, config)
     else:
         normalization = {"mean": 0.0, "std": 1.0, "samples": 0, "policy": None}

@@ -86,14 +86,7 @@ def lm_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
 
 
 def load_conversations(path: str, max_examples: int = 0) -> list[list[dict]]:
-    from datasets import load_from_disk
-
-    try:
-        dataset = load_from_disk(path)
-    except (FileNotFoundError, ValueError) as err:
-        raise artifacts.StageError(f"{path}: not a dataset saved with save_to_disk ({err})") from None
-    if "messages" not in dataset.column_names:
-        raise artifacts.StageError(f"{path}: needs a `messages` column, has {dataset.column_names}")
+    dataset = artifacts.load_split(path, ("messages",))
     if max_examples:
         dataset = dataset.select(range(min(max_examples, len(dataset))))
     return list(dataset["messages"])

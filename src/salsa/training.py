@@ -87,10 +87,53 @@ KILL_AFTER_CHECKPOINT = "SALSA_KILL_AFTER_CHECKPOINT"
 _NOT_IN_FINGERPRINT = {"out", "threads", "checkpoint_every"}
 
 
+def _digest(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def input_identity(path: str | Path) -> str:
+    """What an input holds, not where: the digest of its artifact's salsa_meta.json (rewritten by every run
+    of the stage that made it), or for a directory made elsewhere the names, sizes and mtimes of its files."""
+    path = Path(path)
+    for directory in [path, *list(path.parents)[:2]]:  # data/sft and ppo/.../model live inside an artifact
+        meta = directory / artifacts.METADATA_FILE
+        if meta.is_file():
+            return hashlib.sha256(meta.read_bytes()).hexdigest()[:16]
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return _digest([(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                    for f in files])
+
+
+def input_identities(config) -> dict[str, str]:
+    """Identity of every setting that names an existing file or directory (the stage's inputs)."""
+    settings = artifacts.to_jsonable(config)
+    return {k: input_identity(v) for k, v in settings.items()
+            if k not in _NOT_IN_FINGERPRINT and isinstance(v, str) and v and os.path.exists(v)}
+
+
+def settings_fingerprint(config) -> str:
+    return _digest({k: v for k, v in artifacts.to_jsonable(config).items() if k not in _NOT_IN_FINGERPRINT})
+
+
 def config_fingerprint(config) -> str:
-    """Hash of the settings that shape the result, so a stale checkpoint is never resumed."""
-    settings = {k: v for k, v in artifacts.to_jsonable(config).items() if k not in _NOT_IN_FINGERPRINT}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of the settings and of the inputs' contents, so a stale checkpoint is never resumed."""
+    return _digest([settings_fingerprint(config), input_identities(config)])
+
+
+def _stale_reason(info: dict, config) -> str | None:
+    """Why a checkpoint does not belong to this run, or None when it does."""
+    if info.get("fingerprint") == config_fingerprint(config):
+        return None
+    if info.get("settings") is None:  # written before inputs were fingerprinted
+        return "different settings"
+    reasons = []
+    if info["settings"] != settings_fingerprint(config):
+        reasons.append("different settings")
+    now, then = input_identities(config), info.get("inputs", {})
+    changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+    if changed:
+        reasons.append(f"other inputs ({', '.join(changed)} changed)")
+    return " and ".join(reasons) or "different settings"
 
 
 def latest_checkpoint(out: str | Path) -> tuple[Path, dict] | None:
@@ -107,8 +150,9 @@ def try_resume(accelerator, out: str | Path, config=None) -> int:
     if found is None:
         return 0
     directory, info = found
-    if config is not None and info.get("fingerprint") != config_fingerprint(config):
-        accelerator.print(f"ignoring checkpoint {directory}: written with different settings")
+    stale = _stale_reason(info, config) if config is not None else None
+    if stale:
+        accelerator.print(f"ignoring checkpoint {directory}: written with {stale}; starting from step 0")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             clear_checkpoints(out)
@@ -147,8 +191,9 @@ def save_checkpoint(accelerator, out: str | Path, step: int, extra: dict | None 
         for name, value in (files or {}).items():
             torch.save(value, directory / name)
         previous = latest_checkpoint(out)
-        artifacts.write_json(root / LATEST, {"step": step, "dir": directory.name,
-                                             "fingerprint": config_fingerprint(config) if config else None})
+        identity = ({"fingerprint": config_fingerprint(config), "settings": settings_fingerprint(config),
+                     "inputs": input_identities(config)} if config else {"fingerprint": None})
+        artifacts.write_json(root / LATEST, {"step": step, "dir": directory.name, **identity})
         if previous and previous[0] != directory:
             shutil.rmtree(previous[0], ignore_errors=True)
     accelerator.wait_for_everyone()
