@@ -26,8 +26,10 @@ def result(*parts):
 
 
 def src(*modules):
-    """Stage sources as inputs: editing a module reruns the stages that import it."""
-    return [os.path.join(workflow.basedir, "src", "salsa", m.replace(".", "/") + ".py") for m in modules]
+    """Stage sources as inputs: editing a module reruns the stages that import it. Relative to the
+    working directory, so moving the checkout (with its results/) reruns nothing."""
+    return [os.path.relpath(os.path.join(workflow.basedir, "src", "salsa", m.replace(".", "/") + ".py"))
+            for m in modules]
 
 
 def cli(params, skip=()):
