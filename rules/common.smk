@@ -48,6 +48,14 @@ def cli(params, skip=()):
     return shlex.join(flags)
 
 
+def tracking(*run):
+    """Tracker flags of a training stage (config `report_to`); empty when off, so commands stay unchanged."""
+    if not config.get("report_to"):
+        return ""
+    return " " + cli({"report_to": config["report_to"], "tracking_dir": result("tracking"),
+                      "run_name": "/".join(map(str, run))})
+
+
 def resources_for(stage, key, default=None):
     table = config.get("resources", {})
     value = table.get(stage, {}).get(key, table.get("default", {}).get(key))
