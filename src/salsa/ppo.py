@@ -198,13 +198,13 @@ def main(argv: list[str] | None = None) -> None:
         backbone = getattr(value_model, value_model.base_model_prefix)
         setattr(value_model, value_model.base_model_prefix, get_peft_model(backbone, LoraConfig(
             r=config.value_lora_r, lora_alpha=config.lora_alpha, target_modules=list(config.lora_target_modules))))
+    keep_trainable_in_fp32(policy, accelerator)  # LoRA: the adapter only; the frozen base stays as loaded
+    keep_trainable_in_fp32(value_model, accelerator)  # the value head (and trained backbone) in fp32
     value_offset = 0.0
     if not config.value_model:  # start the values on the normalised reward's scale
         with torch.no_grad():
             score_head(value_model).weight.div_(score_std)
         value_offset = -score_mean / score_std
-    keep_trainable_in_fp32(policy, accelerator)  # LoRA: the adapter only; the frozen base stays as loaded
-    keep_trainable_in_fp32(value_model, accelerator)  # the value head (and trained backbone) in fp32
     reward_model = load_reward_model(config.reward_model, config.dtype).to(device).eval()
     reward_model.requires_grad_(False)
     reference = Reference(config, policy, accelerator)
