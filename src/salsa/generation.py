@@ -24,7 +24,7 @@ class Rollout:
     response_ids: torch.Tensor     # [B, R] pad after the first EOS
     response_mask: torch.Tensor    # [B, R] 1 up to and including the EOS
     ended_with_eos: torch.Tensor   # [B] bool
-    logprobs: torch.Tensor | None = None  # [B, R] log-prob of each sampled token when drawn (0 after EOS)
+    logprobs: torch.Tensor | None = None  # [B, R] each token's log-prob when drawn (0 after EOS)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -104,10 +104,11 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_
     finished = torch.zeros(query_ids.shape[0], dtype=torch.bool, device=query_ids.device)
     tokens, token_logprobs = [], []
     for step in range(max_new_tokens):
-        logits = _filter_logits(out.logits[:, -1, :].float() / temperature, top_k, top_p)
+        logits = out.logits[:, -1, :].float()
         if greedy:
             token = logits.argmax(-1)
         else:
+            logits = _filter_logits(logits / temperature, top_k, top_p)  # the distribution sampled from
             probs = logits.softmax(-1)
             if generator is not None and generator.device != probs.device:  # a CPU generator with a GPU model
                 token = torch.multinomial(probs.to(generator.device), 1, generator=generator)
