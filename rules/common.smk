@@ -27,8 +27,10 @@ def result(*parts):
 
 
 def src(*modules):
-    """Stage sources as inputs: editing a module reruns the stages that import it."""
-    return [os.path.join(workflow.basedir, "src", "salsa", m.replace(".", "/") + ".py") for m in modules]
+    """Stage sources as inputs: editing a module reruns the stages that import it. Relative to the
+    working directory, so moving the checkout (with its results/) reruns nothing."""
+    return [os.path.relpath(os.path.join(workflow.basedir, "src", "salsa", m.replace(".", "/") + ".py"))
+            for m in modules]
 
 
 def cli(params, skip=()):
@@ -45,6 +47,14 @@ def cli(params, skip=()):
         else:
             flags += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
     return shlex.join(flags)
+
+
+def tracking(*run):
+    """Tracker flags of a training stage (config `report_to`); empty when off, so commands stay unchanged."""
+    if not config.get("report_to"):
+        return ""
+    return " " + cli({"report_to": config["report_to"], "tracking_dir": result("tracking"),
+                      "run_name": "/".join(map(str, run))})
 
 
 def resources_for(stage, key, default=None):

@@ -5,7 +5,7 @@ rule base_model:
     output:
         directory(result("base_model")),
     params:
-        args=cli(config["base_model"]),
+        args=cli(config["base_model"]) + tracking("base_model"),
     threads: THREADS
     log:
         result("logs", "base_model.log"),
@@ -29,7 +29,7 @@ rule sft:
         directory(result("sft", "{sft}")),
     params:
         model=base_model_path(),
-        args=lambda w: cli(sft_settings(w.sft)),
+        args=lambda w: cli(sft_settings(w.sft)) + tracking("sft", w.sft),
     threads: THREADS
     log:
         result("logs", "sft", "{sft}.log"),

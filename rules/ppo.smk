@@ -8,7 +8,7 @@ rule ppo:
     output:
         directory(result("ppo", "{method}", "seed{seed}")),
     params:
-        args=lambda w: cli(PPO_METHODS[w.method]["params"]),
+        args=lambda w: cli(PPO_METHODS[w.method]["params"]) + tracking("ppo", w.method, f"seed{w.seed}"),
     threads: THREADS
     log:
         result("logs", "ppo", "{method}", "seed{seed}.log"),

