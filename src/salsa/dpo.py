@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from salsa import artifacts, training
 from salsa.args import arg, parse
 from salsa.dpo_reference import EncodedPairs, load_split, pair_batch, read_cache, sequence_logprobs
-from salsa.modeling import disable_dropout, load_causal_lm, load_tokenizer, save_model
+from salsa.modeling import (disable_dropout, keep_trainable_in_fp32, load_causal_lm, load_tokenizer,
+                            mixed_precision_mode, save_model)
 
 LOSSES = ("dpo", "cdpo", "ipo")
 
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse(DPOConfig, argv)
     artifacts.set_threads(config.threads)
     artifacts.seed_everything(config.seed)
-    accelerator = training.make_accelerator(config.mixed_precision, config.seed)
+    accelerator = training.make_accelerator(mixed_precision_mode(config.dtype, config.mixed_precision), config.seed)
     device = accelerator.device
     tokenizer = load_tokenizer(config.policy)
     train = load_split(tokenizer, config.data, "prefs_train")
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         policy = get_peft_model(policy, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
                                                    target_modules=list(config.lora_target_modules),
                                                    task_type="CAUSAL_LM"))
+    keep_trainable_in_fp32(policy, accelerator)  # as every training stage: fp32 weights under bf16/fp16 autocast
     reference = ReferenceLogprobs(config, policy, accelerator, train, held_out, tokenizer.pad_token_id)
     optimizer = training.adamw(policy, config.lr)
     scheduler = training.linear_schedule(optimizer, config.steps, config.warmup_steps)
