@@ -20,6 +20,7 @@ include: "rules/reward.smk"
 include: "rules/ppo.smk"
 include: "rules/evaluate.smk"
 include: "rules/tables.smk"
+include: "rules/landscape.smk"
 
 
 rule all:

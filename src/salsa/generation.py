@@ -22,6 +22,7 @@ class Rollout:
     response_ids: torch.Tensor     # [B, R] pad after the first EOS
     response_mask: torch.Tensor    # [B, R] 1 up to and including the EOS
     ended_with_eos: torch.Tensor   # [B] bool
+    sampled_logprobs: torch.Tensor | None = None  # [B, R] log-prob of each sampled token when it was drawn
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -99,7 +100,7 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_
                 logits_to_keep=1)
     next_position = position_ids[:, -1:] + 1
     finished = torch.zeros(query_ids.shape[0], dtype=torch.bool, device=query_ids.device)
-    tokens = []
+    tokens, logprobs = [], []
     for step in range(max_new_tokens):
         logits = out.logits[:, -1, :].float()
         if greedy:
@@ -114,6 +115,9 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         token = token.masked_fill(finished, pad_id)
         tokens.append(token)
+        # what PPO's old log-probs must reproduce: log softmax(logits / T) of the token drawn (0 for greedy)
+        logprobs.append(logits.log_softmax(-1).gather(1, token[:, None]).squeeze(1) if not greedy
+                        else torch.zeros_like(token, dtype=logits.dtype))
         finished |= token == eos_id
         if finished.all() or step == max_new_tokens - 1:
             break
@@ -123,7 +127,8 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_
         next_position = next_position + 1
     response = torch.stack(tokens, 1)
     response, response_mask, ended = truncate_after_eos(response, eos_id, pad_id)
-    return Rollout(query_ids, query_mask, response, response_mask, ended)
+    return Rollout(query_ids, query_mask, response, response_mask, ended,
+                   torch.stack(logprobs, 1) * response_mask)
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:

@@ -48,14 +48,25 @@ class TablesConfig:
     seed: int = arg(0, help="bootstrap seed for win-rate intervals")
 
 
+def split_replicate(model_id: str) -> tuple[str, str]:
+    """'rep2/ppo/salsa/seed1' -> ('2', 'ppo/salsa/seed1'); ids without the prefix -> ('', id)."""
+    head, _, rest = model_id.partition("/")
+    if rest and head.startswith("rep") and head[3:].isdigit():
+        return head[3:], rest
+    return "", model_id
+
+
 def parse_model_id(model_id: str) -> dict:
-    parts = model_id.split("/")
+    """kind, method, seed and replicate ('' without outer replicates) of a model id."""
+    replicate, rest = split_replicate(model_id)
+    parts = rest.split("/")
     if parts[0] == "ppo" and len(parts) == 3:
-        return {"kind": "ppo", "method": parts[1], "seed": parts[2].removeprefix("seed")}
+        return {"kind": "ppo", "method": parts[1], "seed": parts[2].removeprefix("seed"), "replicate": replicate}
     if parts[0] in ("sft", "soup") and len(parts) == 2:
         return {"kind": parts[0], "method": parts[1], "seed": parts[1].removeprefix("seed")
-                if parts[1].startswith("seed") else ""}
-    raise artifacts.StageError(f"model id {model_id!r}: expected sft/<name>, soup/<name> or ppo/<method>/seed<N>")
+                if parts[1].startswith("seed") else "", "replicate": replicate}
+    raise artifacts.StageError(f"model id {model_id!r}: expected [rep<r>/]sft/<name>, [rep<r>/]soup/<name> or "
+                               "[rep<r>/]ppo/<method>/seed<N>")
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -67,12 +78,16 @@ def collect_rows(config: TablesConfig) -> pd.DataFrame:
     from salsa.benchmarks.scoring import reward_win_rate
 
     results = Path(config.results)
-    baseline = config.baseline or config.models[0]
-    baseline_samples = {(r["split"], r["prompt"]): r["proxy"]
-                        for r in read_samples(results / "eval" / baseline / "samples.jsonl")}
+    baseline = split_replicate(config.baseline or config.models[0])[1]
+    baselines: dict[str, dict] = {}  # per replicate: each model against its own replicate's baseline
     rows = []
     for model_id in config.models:
         row = {"model": model_id, **parse_model_id(model_id)}
+        if row["replicate"] not in baselines:
+            own = f"rep{row['replicate']}/{baseline}" if row["replicate"] else baseline
+            baselines[row["replicate"]] = {(r["split"], r["prompt"]): r["proxy"]
+                                           for r in read_samples(results / "eval" / own / "samples.jsonl")}
+        baseline_samples = baselines[row["replicate"]]
         row.update(artifacts.read_json(results / "eval" / model_id / "metrics.json"))
         paired = [(r["proxy"], baseline_samples[("id", r["prompt"])])
                   for r in read_samples(results / "eval" / model_id / "samples.jsonl")
@@ -89,7 +104,7 @@ def collect_rows(config: TablesConfig) -> pd.DataFrame:
 def aggregate(frame: pd.DataFrame, reference_method: str) -> pd.DataFrame:
     """Mean and 95% CI per PPO method over seeds, and Welch differences from the reference method."""
     ppo = frame[frame.kind == "ppo"]
-    numeric = [c for c in ppo.columns if c not in ("model", "kind", "method", "seed")
+    numeric = [c for c in ppo.columns if c not in ("model", "kind", "method", "seed", "replicate")
                and pd.api.types.is_numeric_dtype(ppo[c])]
     out = []
     reference = ppo[ppo.method == reference_method]
@@ -175,7 +190,7 @@ def plot_curves(results: Path, frame: pd.DataFrame, path: Path) -> None:
     ppo = frame[frame.kind == "ppo"]
     colors = plt.get_cmap("tab20").colors
     for i, (method, group) in enumerate(ppo.groupby("method", sort=False)):
-        curves = [pd.read_csv(results / "ppo" / method / f"seed{seed}" / "metrics.csv") for seed in group.seed]
+        curves = [pd.read_csv(results / model / "metrics.csv") for model in group.model]  # the id is the run's path
         mean = pd.concat(curves).groupby("update").mean(numeric_only=True)
         smooth = mean.rolling(10, min_periods=1).mean()  # rollout batches are noisy
         color = colors[i % len(colors)]
