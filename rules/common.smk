@@ -11,7 +11,7 @@ EXPERIMENT = config["experiment"]
 RESULTS = f"results/{EXPERIMENT}"
 THREADS = config.get("threads", 1)
 CLI_EXCLUDED = {"seeds", "extra", "methods", "params", "sweep", "init", "reference", "normalize_policy",
-                "data_subsets"}
+                "data_subsets", "pair"}
 # Outer replicates (config `replicates: [1, 2]`): replicate r redraws the SFT pair and the reward model,
 # and its models are rep<r>/sft/seed1, rep<r>/soup/uniform, rep<r>/ppo/<method>/seed<N> under results/<exp>/rep<r>/.
 # Without the key there is one replicate and ids carry no prefix. Data and base model are shared.
@@ -245,12 +245,12 @@ def enabled_benchmarks():
 
 
 def landscape_pair():
-    """The line the landscape stage walks: the first two seeded SFT runs (their uniform soup at alpha 0.5)."""
-    return [f"sft/seed{s}" for s in config["sft"]["seeds"][:2]]
+    """The line the landscape stage walks: `landscape.pair`, or the first two seeded SFT runs."""
+    return config.get("landscape", {}).get("pair") or [f"sft/seed{s}" for s in config["sft"]["seeds"][:2]]
 
 
 def summary_outputs():
     outputs = [result("tables", "summary.md")]
-    if "landscape" in config and len(config["sft"]["seeds"]) >= 2:
+    if "landscape" in config and len(landscape_pair()) == 2:
         outputs.append(result("landscape"))
     return outputs
