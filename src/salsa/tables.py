@@ -74,6 +74,23 @@ def read_samples(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle]
 
 
+def gold_breakdown(samples: list[dict]) -> dict:
+    """Gold per list length and per operation (gold_id_len3, gold_id_sort, ...) for embedded-task samples."""
+    from salsa.task import parse_prompt
+
+    groups: dict[str, list[float]] = {}
+    for record in samples:
+        if record.get("gold") is None:
+            continue
+        try:
+            problem = parse_prompt(record["prompt"])
+        except ValueError:
+            return {}
+        for key in (f"len{len(problem.numbers)}", problem.op):
+            groups.setdefault(f"gold_{record['split']}_{key}", []).append(record["gold"])
+    return {key: sum(values) / len(values) for key, values in sorted(groups.items())}
+
+
 def collect_rows(config: TablesConfig) -> pd.DataFrame:
     from salsa.benchmarks.scoring import reward_win_rate
 
@@ -89,9 +106,10 @@ def collect_rows(config: TablesConfig) -> pd.DataFrame:
                                            for r in read_samples(results / "eval" / own / "samples.jsonl")}
         baseline_samples = baselines[row["replicate"]]
         row.update(artifacts.read_json(results / "eval" / model_id / "metrics.json"))
+        samples = read_samples(results / "eval" / model_id / "samples.jsonl")
+        row.update(gold_breakdown(samples))
         paired = [(r["proxy"], baseline_samples[("id", r["prompt"])])
-                  for r in read_samples(results / "eval" / model_id / "samples.jsonl")
-                  if r["split"] == "id" and ("id", r["prompt"]) in baseline_samples]
+                  for r in samples if r["split"] == "id" and ("id", r["prompt"]) in baseline_samples]
         if paired:
             rates = reward_win_rate([m for m, _ in paired], [b for _, b in paired], n_boot=1000, seed=config.seed)
             row.update({f"rm_winrate_{k}": v for k, v in rates.items()})
