@@ -14,6 +14,7 @@ declare -A VARIANTS=(
   [epochs1]="--ppo-epochs 1"
   [value_from_sft]="--value-model $R/rep1/sft/seed1"
   [no_whitening]="--whiten-advantages false"
+  [warmup10]="--warmup-updates 10"
 )
 mkdir -p "$OUT"
 for name in "${!VARIANTS[@]}"; do
