@@ -32,22 +32,59 @@ def benchmark_setting(benchmark, key, default=None):
 
 
 def benchmark_data(benchmark):
-    """Embedded protocols read the prepared data; the public ones a configured directory."""
+    """Embedded protocols read the prepared data; the public ones their fetched (or copied) files."""
     if benchmark.startswith("embedded_"):
         return result("data")
-    return benchmark_setting(benchmark, "data_dir", "../shared/benchmarks")
+    return result("benchmark_data", benchmark)
+
+
+def bench_stage(stage, fallback):
+    """resources.<stage> when the config has one, else <fallback>'s (answers load the policy like evaluate)."""
+    return stage if stage in config.get("resources", {}) else fallback
+
+
+def local_judge_model(benchmark):
+    """A local judge's model directory is an input: missing, the dry run says so; changed, the judge reruns."""
+    model = benchmark_setting(benchmark, "judging", {}).get("judge_model")
+    return [model] if benchmark_setting(benchmark, "judge") == "local" and model else []
+
+
+# Downloads run where Snakemake runs (a cluster's login node has the network its compute nodes may lack).
+localrules: fetch_benchmark
+
+
+rule fetch_benchmark:
+    input:
+        local=lambda w: [d for d in [benchmark_setting(w.benchmark, "data_dir")] if d],
+        src=src("benchmarks.fetch"),
+    output:
+        directory(result("benchmark_data", "{benchmark}")),
+    params:
+        source=lambda w: f"--from-dir {benchmark_setting(w.benchmark, 'data_dir')}"
+        if benchmark_setting(w.benchmark, "data_dir") else "",
+    log:
+        result("logs", "bench", "{benchmark}", "fetch.log"),
+    benchmark:
+        result("benchmarks", "bench", "{benchmark}", "fetch.tsv")
+    resources:
+        **stage_resources("bench_fetch"),
+    conda:
+        "../envs/salsa.yaml"
+    shell:
+        "python -m salsa.benchmarks.fetch --benchmark {wildcards.benchmark} {params.source} --out {output}"
+        " > {log} 2>&1"
 
 
 rule evaluate_answers:
     input:
         model=lambda w: model_dir(w.model),
-        data=lambda w: [result("data")] if w.benchmark.startswith("embedded_") else [],
-        src=src("benchmarks.answer", "benchmarks.answers", "benchmarks.generation"),
+        data=lambda w: benchmark_data(w.benchmark),
+        src=src("benchmarks.answer", "benchmarks.answer_generation", "benchmarks.chat_generation", "benchmarks.data",
+                "benchmarks.files", "benchmarks.answer_formats"),
     output:
         result("bench", "{benchmark}", "{model}", "answers.jsonl"),
     params:
         model=lambda w: model_path(w.model),
-        data=lambda w: benchmark_data(w.benchmark),
         args=lambda w: cli(benchmark_setting(w.benchmark, "answer", {})),
         seed=config.get("evaluate", {}).get("seed", 0),
     threads: THREADS
@@ -56,13 +93,13 @@ rule evaluate_answers:
     benchmark:
         result("benchmarks", "bench", "{benchmark}", "{model}", "answers.tsv")
     resources:
-        **stage_resources("evaluate"),
+        **stage_resources(bench_stage("bench_answer", "evaluate")),
     conda:
-        conda_env("evaluate")
+        conda_env(bench_stage("bench_answer", "evaluate"))
     shell:
-        launcher("evaluate", "benchmarks.answer") + " --model {params.model} --benchmark {wildcards.benchmark}"
-        " --data-dir {params.data} --out {output} --seed {params.seed} --threads {threads}"
-        " --progress false {params.args} > {log} 2>&1"
+        launcher(bench_stage("bench_answer", "evaluate"), "benchmarks.answer") + " --model {params.model}"
+        " --model-id {wildcards.model} --benchmark {wildcards.benchmark} --data-dir {input.data} --out {output}"
+        " --seed {params.seed} --threads {threads} --progress false {params.args} > {log} 2>&1"
 
 
 def judge_baseline(benchmark, model=""):
@@ -77,28 +114,32 @@ rule evaluate_judge:
     input:
         answers=result("bench", "{benchmark}", "{model}", "answers.jsonl"),
         baseline=lambda w: judge_baseline(w.benchmark, w.model),
+        data=lambda w: benchmark_data(w.benchmark),
         reward=lambda w: ([reward_dir(split_replicate(w.model)[0])]
                           if benchmark_setting(w.benchmark, "judge") == "reward" else []),
-        src=src("benchmarks.judge", "benchmarks.scoring", "benchmarks.arena_scoring", "benchmarks.protocols"),
+        judge_model=lambda w: local_judge_model(w.benchmark),
+        src=src("benchmarks.judge", "benchmarks.judge_protocols", "benchmarks.mt_bench_scoring",
+                "benchmarks.arena_hard_scoring", "benchmarks.scores_json", "benchmarks.win_rate", "benchmarks.data",
+                "benchmarks.files", "benchmarks.answer_formats"),
     output:
         directory(result("bench", "{benchmark}", "{model}", "judged")),
     params:
         judge=lambda w: benchmark_setting(w.benchmark, "judge"),
-        data=lambda w: benchmark_data(w.benchmark),
         baseline=lambda w: " ".join(f"--baseline-answers {p}" for p in judge_baseline(w.benchmark, w.model)),
         judge_model=lambda w: (f"--judge-model {reward_dir(split_replicate(w.model)[0])}"
                                if benchmark_setting(w.benchmark, "judge") == "reward" else ""),
         args=lambda w: cli(benchmark_setting(w.benchmark, "judging", {})),
         seed=config.get("evaluate", {}).get("seed", 0),
+    threads: THREADS
     log:
         result("logs", "bench", "{benchmark}", "{model}", "judge.log"),
     benchmark:
         result("benchmarks", "bench", "{benchmark}", "{model}", "judge.tsv")
     resources:
-        **stage_resources("evaluate"),
+        **stage_resources("bench_judge"),
     conda:
-        "../envs/salsa.yaml"
+        conda_env("bench_judge")
     shell:
         "python -m salsa.benchmarks.judge --answers {input.answers} --benchmark {wildcards.benchmark}"
-        " --judge {params.judge} --data-dir {params.data} --out {output} --seed {params.seed}"
-        " {params.baseline} {params.judge_model} {params.args} > {log} 2>&1"
+        " --judge {params.judge} --data-dir {input.data} --out {output} --seed {params.seed}"
+        " --threads {threads} {params.baseline} {params.judge_model} {params.args} > {log} 2>&1"

@@ -39,7 +39,10 @@ def test_sft_seeds_differ_and_a_seed_reproduces(tiny, tmp_path):
 
 def test_reward_model_reports_accuracy_and_normalisation(tiny):
     report = json.loads((tiny["reward"] / "reward_eval.json").read_text())
-    assert 0.0 <= report["eval"]["accuracy"] <= 1.0 and report["eval"]["pairs"] == 40
+    # above chance on 40 held-out pairs (measured 0.650-0.675 over reward seeds 0-2); an untrained head sits
+    # near 0.5 and swapped chosen/rejected labels fall below it
+    assert report["eval"]["accuracy"] >= 0.6 and report["eval"]["pairs"] == 40
+    assert report["eval"]["chosen"]["mean"] > report["eval"]["rejected"]["mean"]
     assert {"mean", "std"} <= set(report["eval"]["chosen"])
     norm = json.loads((tiny["reward"] / "reward_normalization.json").read_text())
     assert norm["std"] > 0 and norm["samples"] == 32
@@ -112,7 +115,22 @@ def test_ppo_is_reproducible(tiny, tmp_path):
     pd.testing.assert_frame_equal(first[columns], second[columns])
 
 
-# evaluate's KL against an independent computation: tests/test_logprobs.py
+def test_evaluate_reports_the_means_of_its_per_prompt_records(tiny, tmp_path):
+    # (its KL against an independent computation: tests/test_logprobs.py)
+    from salsa import evaluate
+    evaluate.main(["--model", str(tiny["sft1"]), "--reference", str(tiny["sft2"]), "--first-sft", str(tiny["sft2"]),
+                   "--reward-model", str(tiny["reward"]), "--data", str(tiny["data"]), "--out", str(tmp_path / "e"),
+                   "--max-new-tokens", "6", "--threads", "1"])
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    # the reported means are those of the per-prompt records of their own split
+    samples = [json.loads(line) for line in open(tmp_path / "e" / "samples.jsonl")]
+    for split in ("id", "ood"):
+        rows = [r for r in samples if r["split"] == split]
+        assert rows
+        assert metrics[f"gold_{split}"] == pytest.approx(sum(r["gold"] for r in rows) / len(rows))
+        assert metrics[f"length_{split}"] == pytest.approx(sum(r["length"] for r in rows) / len(rows))
+        assert metrics[f"empty_{split}"] == pytest.approx(sum(r["length"] == 0 for r in rows) / len(rows))
+        assert metrics[f"kl_ref_{split}"] == pytest.approx(sum(r["kl_ref"] for r in rows) / len(rows))
 
 
 def test_bad_input_is_one_line_and_nonzero(tiny, tmp_path, capsys):

@@ -16,7 +16,7 @@ def test_gold_breakdown_by_length_and_operation():
 
 @pytest.mark.parametrize("model_id,expected", [
     ("rep2/ppo/salsa/seed1", {"kind": "ppo", "method": "salsa", "seed": "1", "replicate": "2"}),
-    ("ppo/salsa/seed1", {"kind": "ppo", "method": "salsa", "seed": "1", "replicate": ""}),
+    ("ppo/salsa/seed1", {"kind": "ppo", "method": "salsa", "seed": "1", "replicate": "1"}),
     ("rep1/sft/seed2", {"kind": "sft", "method": "seed2", "seed": "2", "replicate": "1"}),
     ("rep10/soup/uniform", {"kind": "soup", "method": "uniform", "seed": "", "replicate": "10"}),
 ])

@@ -79,11 +79,12 @@ def test_tiny_workflow_end_to_end_then_caching(tmp_path):
     tables = tmp_path / "results" / "tiny" / "tables"
     summary = pd.read_csv(tables / "summary.csv")
     expected = {f"rep{r}/{m}" for r in (1, 2)
-                for m in ("sft/seed1", "sft/seed2", "soup/uniform", "ppo/ppo/seed1", "ppo/salsa/seed1")}
+                for m in ("sft/seed1", "sft/seed2", "soup/uniform", "ppo/ppo/seed1", "ppo/ppo/seed2", "ppo/salsa/seed1",
+                          "ppo/salsa/seed2")}
     assert set(summary.model) == expected
     assert sorted(summary.replicate.unique()) == [1, 2]
     for column in ("gold_id", "gold_ood", "proxy_id", "kl_sft_id", "length_id", "empty_id", "rm_winrate_hard",
-                   "mtbench_score", "arena_winrate"):
+                   "embedded_mt_score", "embedded_arena_winrate", "judge_failures"):
         assert column in summary.columns, column
     # each replicate's KL yardstick is its own first SFT (rep2's SFTs are redrawn: another seed, other halves)
     assert (summary.loc[summary.model.str.endswith("/sft/seed1"), "kl_sft_id"] == 0.0).all()
@@ -97,6 +98,14 @@ def test_tiny_workflow_end_to_end_then_caching(tmp_path):
     assert sft_gold["rep1/sft/seed1"] != sft_gold["rep2/sft/seed1"]
     markdown = (tables / "summary.md").read_text()
     assert "PPO methods over seeds" in markdown and "salsa" in markdown
+    # the comparisons the tables generate: SALSA against PPO paired by seed, Holm, power, matched KL, single models
+    comparisons = pd.read_csv(tables / "comparisons.csv")
+    gold = comparisons[comparisons.metric == "gold_id"]
+    assert gold[["method", "vs", "test"]].values.tolist() == [["salsa", "ppo", "replicates (n=2)"]]
+    assert "## Power" in markdown and "## Gold at matched KL" in markdown and "Holm-adjusted" in markdown
+    assert (tables / "matched_kl.csv").stat().st_size > 0
+    assert set(pd.read_csv(tables / "single_models.csv").vs) == {f"rep{r}/sft/seed{s}" for r in (1, 2) for s in (1, 2)}
+    assert summary.loc[summary.model == "rep1/soup/uniform", "gold_id_ci"].item() > 0
     assert (tables / "ppo_curves.png").stat().st_size > 0 and (tables / "frontier.png").stat().st_size > 0
 
     again = snakemake(tmp_path, "-n", "--configfile", DEFAULT, TINY)
@@ -106,5 +115,5 @@ def test_tiny_workflow_end_to_end_then_caching(tmp_path):
     overlay.write_text("ppo:\n  params:\n    kl_coef: 0.2\n")
     changed = snakemake(tmp_path, "-n", "--configfile", DEFAULT, TINY, str(overlay))
     rules = scheduled_rules(changed.stdout)
-    assert rules.get("ppo") == 4
+    assert rules.get("ppo") == 8
     assert set(rules) - {"all"} <= {"ppo", "evaluate", "evaluate_answers", "evaluate_judge", "tables"}, rules

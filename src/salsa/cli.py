@@ -3,6 +3,7 @@
   salsa score mt-bench --judgments FILE
   salsa score arena-hard --judgments FILE [--baseline NAME]
   salsa answer ... / salsa judge ...     (the benchmark stages, same flags as python -m)
+  salsa fetch-benchmarks --benchmark mt_bench --out DIR
 
 To add a subcommand, map its name to a module with ``main(argv)`` in SUBCOMMANDS; the
 module is imported only when its subcommand runs, so `salsa --help` stays fast.
@@ -16,9 +17,10 @@ import sys
 from salsa import artifacts
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "score": ("salsa.benchmarks.score", "print MT-Bench / Arena-Hard tables from saved judgments"),
+    "score": ("salsa.benchmarks.show_scores", "print MT-Bench / Arena-Hard tables from saved judgments"),
     "answer": ("salsa.benchmarks.answer", "generate a model's benchmark answers"),
     "judge": ("salsa.benchmarks.judge", "judge benchmark answers; write judgments.jsonl + scores.json"),
+    "fetch-benchmarks": ("salsa.benchmarks.fetch", "download a public benchmark's files (pinned, sha256-checked)"),
 }
 
 

@@ -1,13 +1,14 @@
-"""Stage `tables`: one row per model, PPO methods aggregated over seeds, plots.
+"""Stage `tables`: one row per model, PPO methods aggregated over seeds, comparisons, plots.
 
-Writes summary.csv (every model and every aggregate), summary.md (the
-tables a reader decides from), ppo_curves.png (gold and proxy reward against
-KL during PPO training) and frontier.png (final gold and proxy reward against
-KL to the first SFT, one point per run: comparisons at matched KL).
+Writes summary.csv (every model, with prompt-level bootstrap intervals as
+<metric>_ci), methods.csv (every PPO method over seeds), comparisons.csv (each
+method against the reference method at the same sweep value, every metric,
+with Holm-adjusted p-values), matched_kl.csv (gold at matched KL to the first
+SFT), summary.md (the tables a reader decides from), ppo_curves.png (gold and
+proxy reward against KL during PPO training) and frontier.png (final gold and
+proxy reward against KL to the first SFT, one point per run).
 
-Confidence intervals are t-intervals over seeds (95%); a method's difference
-from the reference method uses Welch's interval and is starred when the
-interval excludes zero.
+The statistics live in salsa.stats; this module reads files and renders.
 """
 
 from __future__ import annotations
@@ -17,23 +18,18 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from salsa import artifacts
+from salsa import artifacts, stats
+from salsa.plots import plot_curves, plot_frontier
 from salsa.args import arg, parse
 
-# two-sided 95% Student-t critical values by degrees of freedom (1..30); 1.96 beyond
-T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
 HEADLINE = ["gold_id", "gold_ood", "proxy_id", "kl_ref_id", "kl_sft_id", "length_id", "empty_id",
             "rm_winrate_hard", "rm_winrate_soft"]
-
-
-def t_critical(df: float) -> float:
-    if not df or df < 1 or math.isnan(df):
-        return math.nan
-    return T_975[int(df) - 1] if df <= 30 else 1.96
+# per-prompt fields of eval/<model>/samples.jsonl that the tables bootstrap (metric = <field>_<split>)
+SAMPLE_FIELDS = ("gold", "proxy", "length", "kl_ref", "kl_sft")
+RUN_KEYS = ("model", "kind", "method", "seed", "replicate")
 
 
 @dataclasses.dataclass
@@ -45,11 +41,14 @@ class TablesConfig:
     out: str = arg(help="output directory for the tables and plots")
     baseline: str = arg("", help="model id the reward win rates compare against (default: first model)")
     reference_method: str = arg("ppo", help="PPO method the others are compared with")
-    seed: int = arg(0, help="bootstrap seed for win-rate intervals")
+    seed: int = arg(0, help="bootstrap seed (win rates, single-model intervals, matched KL)")
+    n_boot: int = arg(1000, help="bootstrap resamples")
+    primary: str = arg("salsa", help="method family whose difference from the reference sets the power statement")
 
 
 def split_replicate(model_id: str) -> tuple[str, str]:
-    """'rep2/ppo/salsa/seed1' -> ('2', 'ppo/salsa/seed1'); ids without the prefix -> ('', id)."""
+    """'rep2/ppo/salsa/seed1' -> ('2', 'ppo/salsa/seed1'); ids without the prefix -> ('', id) (the path prefix;
+    parse_model_id reports such ids as replicate 1)."""
     head, _, rest = model_id.partition("/")
     if rest and head.startswith("rep") and head[3:].isdigit():
         return head[3:], rest
@@ -57,14 +56,20 @@ def split_replicate(model_id: str) -> tuple[str, str]:
 
 
 def parse_model_id(model_id: str) -> dict:
-    """kind, method, seed and replicate ('' without outer replicates) of a model id."""
-    replicate, rest = split_replicate(model_id)
-    parts = rest.split("/")
+    """kind, method, seed and replicate of a model id; an outer replicate is a leading rep<R>/ (default: 1)."""
+    parts = model_id.split("/")
+    replicate = "1"
+    if parts[0].startswith("rep") and parts[0][3:].isdigit() and len(parts) > 1:
+        replicate, parts = parts[0][3:], parts[1:]
+    return {**_parse_parts(parts, model_id), "replicate": replicate}
+
+
+def _parse_parts(parts: list[str], model_id: str) -> dict:
     if parts[0] == "ppo" and len(parts) == 3:
-        return {"kind": "ppo", "method": parts[1], "seed": parts[2].removeprefix("seed"), "replicate": replicate}
+        return {"kind": "ppo", "method": parts[1], "seed": parts[2].removeprefix("seed")}
     if parts[0] in ("sft", "soup") and len(parts) == 2:
         return {"kind": parts[0], "method": parts[1], "seed": parts[1].removeprefix("seed")
-                if parts[1].startswith("seed") else "", "replicate": replicate}
+                if parts[1].startswith("seed") else ""}
     raise artifacts.StageError(f"model id {model_id!r}: expected [rep<r>/]sft/<name>, [rep<r>/]soup/<name> or "
                                "[rep<r>/]ppo/<method>/seed<N>")
 
@@ -92,7 +97,7 @@ def gold_breakdown(samples: list[dict]) -> dict:
 
 
 def collect_rows(config: TablesConfig) -> pd.DataFrame:
-    from salsa.benchmarks.scoring import reward_win_rate
+    from salsa.benchmarks.win_rate import reward_win_rate
 
     results = Path(config.results)
     baseline = split_replicate(config.baseline or config.models[0])[1]
@@ -100,56 +105,157 @@ def collect_rows(config: TablesConfig) -> pd.DataFrame:
     rows = []
     for model_id in config.models:
         row = {"model": model_id, **parse_model_id(model_id)}
-        if row["replicate"] not in baselines:
-            own = f"rep{row['replicate']}/{baseline}" if row["replicate"] else baseline
-            baselines[row["replicate"]] = {(r["split"], r["prompt"]): r["proxy"]
-                                           for r in read_samples(results / "eval" / own / "samples.jsonl")}
-        baseline_samples = baselines[row["replicate"]]
+        prefix = split_replicate(model_id)[0]
+        if prefix not in baselines:
+            own = f"rep{prefix}/{baseline}" if prefix else baseline
+            baselines[prefix] = {(r["split"], r["prompt"]): r["proxy"]
+                                 for r in read_samples(results / "eval" / own / "samples.jsonl")}
+        baseline_samples = baselines[prefix]
         row.update(artifacts.read_json(results / "eval" / model_id / "metrics.json"))
         samples = read_samples(results / "eval" / model_id / "samples.jsonl")
+        row.update(prompt_intervals(samples, config.n_boot, config.seed))
         row.update(gold_breakdown(samples))
-        paired = [(r["proxy"], baseline_samples[("id", r["prompt"])])
-                  for r in samples if r["split"] == "id" and ("id", r["prompt"]) in baseline_samples]
+        paired = [(r["proxy"], baseline_samples[("id", r["prompt"])]) for r in samples
+                  if r["split"] == "id" and ("id", r["prompt"]) in baseline_samples]
         if paired:
             rates = reward_win_rate([m for m, _ in paired], [b for _, b in paired], n_boot=1000, seed=config.seed)
             row.update({f"rm_winrate_{k}": v for k, v in rates.items()})
-        for scores in sorted((results / "bench").glob(f"*/{model_id}/judged/scores.json")):
-            row.update(artifacts.read_json(scores))
+        row.update(benchmark_columns(results, model_id))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def aggregate(frame: pd.DataFrame, reference_method: str) -> pd.DataFrame:
-    """Mean and 95% CI per PPO method over seeds, and Welch differences from the reference method."""
-    ppo = frame[frame.kind == "ppo"]
-    numeric = [c for c in ppo.columns if c not in ("model", "kind", "method", "seed", "replicate")
-               and pd.api.types.is_numeric_dtype(ppo[c])]
+def benchmark_columns(results: Path, model_id: str) -> dict:
+    """Every benchmark's scores.json, keys prefixed by the benchmark, so two benchmarks never share a column.
+
+    mtbench_score of mt_bench -> mt_bench_score, of embedded_mt -> embedded_mt_score; arena_winrate of
+    arena_hard_v0.1 -> arena_hard_v0.1_winrate; other keys are prefixed whole: embedded_arena_judge_failures.
+    judge_failures sums the failed verdicts over the model's benchmarks.
+    """
+    columns: dict = {}
+    for path in sorted((results / "bench").glob(f"*/{model_id}/judged/scores.json")):
+        benchmark = path.relative_to(results / "bench").parts[0]
+        for key, value in artifacts.read_json(path).items():
+            columns[f"{benchmark}_{key.removeprefix('mtbench_').removeprefix('arena_')}"] = value
+        columns["judge_failures"] = columns.get("judge_failures", 0) + columns.get(f"{benchmark}_judge_failures", 0)
+    return columns
+
+
+def benchmark_headline(columns) -> list[str]:
+    """The one score column of each benchmark: <single-grading>_score, <pairwise>_winrate."""
+    from salsa.benchmarks import BENCHMARKS, PAIRWISE
+
+    names = [f"{b}_{'winrate' if b in PAIRWISE else 'score'}" for b in BENCHMARKS]
+    return [c for c in names if c in columns]
+
+
+def prompt_intervals(samples: list[dict], n_boot: int, seed: int) -> dict:
+    """<field>_<split>_ci: half-width of the prompt-level percentile bootstrap interval of the mean (seeded)."""
+    out = {}
+    for split in sorted({r["split"] for r in samples}):
+        rows = [r for r in samples if r["split"] == split]
+        fields = {f: [r.get(f) for r in rows] for f in SAMPLE_FIELDS}
+        fields["empty"] = [float(r["length"] == 0) for r in rows if r.get("length") is not None]
+        for field, values in fields.items():
+            values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if values:
+                _, lower, upper = stats.bootstrap_mean(values, n_boot, seed)
+                out[f"{field}_{split}_ci"] = (upper - lower) / 2
+    return out
+
+
+def single_model_differences(results: Path, frame: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """Each soup minus each SFT, and each SFT minus the first, on the same prompts (gold; paired bootstrap).
+
+    One run per model: the interval is over prompts (evaluation noise), not over retraining.
+    """
+    pairs = []
+    replicates = frame.replicate if "replicate" in frame.columns else pd.Series("1", index=frame.index)
+    for _, group in frame.groupby(replicates, sort=True):  # within an outer replicate only
+        sfts, soups = list(group.model[group.kind == "sft"]), list(group.model[group.kind == "soup"])
+        pairs += [(soup, sft) for soup in soups for sft in sfts] + [(sft, sfts[0]) for sft in sfts[1:]]
+    gold = {m: {(r["split"], r["prompt"]): r.get("gold") for r in read_samples(results / "eval" / m / "samples.jsonl")}
+            for m in {m for pair in pairs for m in pair}}
+    rows = []
+    for model, other in pairs:
+        for split in ("id", "ood"):
+            keys = [k for k in gold[model] if k[0] == split and gold[model][k] is not None
+                    and gold[other].get(k) is not None]
+            if not keys:
+                continue
+            diff, lower, upper = stats.bootstrap_mean([gold[model][k] - gold[other][k] for k in keys], n_boot, seed)
+            rows.append({"model": model, "vs": other, "metric": f"gold_{split}", "prompts": len(keys),
+                         "diff": diff, "lower": lower, "upper": upper, "excludes_zero": bool(lower > 0 or upper < 0)})
+    return pd.DataFrame(rows)
+
+
+def ppo_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The PPO rows with family (method without its sweep tag) and stratum (the sweep tag) added."""
+    ppo = frame[frame.kind == "ppo"].copy()
+    if "replicate" not in ppo.columns:
+        ppo["replicate"] = "1"
+    split = [stats.split_sweep(m) for m in ppo.method]
+    ppo["family"], ppo["stratum"] = [f for f, _ in split], [t for _, t in split]
+    return ppo
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c not in (*RUN_KEYS, "family", "stratum") and not c.endswith("_ci")
+            and pd.api.types.is_numeric_dtype(frame[c])]
+
+
+def unit_values(group: pd.DataFrame, column: str) -> pd.Series:
+    """The independent units of a method: its runs, or the per-replicate means over seeds with replicates."""
+    if group.replicate.nunique() > 1:
+        return group.groupby("replicate")[column].mean()
+    return group.set_index("seed")[column]
+
+
+def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% t-interval per PPO method over seeds (over replicate means with several replicates)."""
+    ppo = ppo_runs(frame)
     out = []
-    reference = ppo[ppo.method == reference_method]
     for method, group in ppo.groupby("method", sort=False):
-        row = {"method": method, "seeds": len(group)}
-        for column in numeric:
-            values = group[column].dropna()
-            n, mean = len(values), values.mean()
-            half = t_critical(n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
-            row[column], row[f"{column}_ci"] = mean, half
-            if method != reference_method and len(reference):
-                diff, diff_half = welch_difference(values, reference[column].dropna())
-                row[f"{column}_diff"], row[f"{column}_diff_ci"] = diff, diff_half
-                row[f"{column}_significant"] = bool(abs(diff) > diff_half) if not math.isnan(diff_half) else False
+        row = {"method": method, "seeds": group.seed.nunique(), "replicates": group.replicate.nunique()}
+        for column in metric_columns(ppo):
+            interval = stats.mean_interval(unit_values(group, column))
+            row[column], row[f"{column}_ci"] = interval.estimate, interval.half_width
         out.append(row)
     return pd.DataFrame(out)
 
 
-def welch_difference(a: pd.Series, b: pd.Series) -> tuple[float, float]:
-    if len(a) < 2 or len(b) < 2:
-        return (a.mean() - b.mean() if len(a) and len(b) else math.nan), math.nan
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return a.mean() - b.mean(), 0.0
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    return a.mean() - b.mean(), t_critical(df) * se
+def compare_methods(frame: pd.DataFrame, reference_method: str, metrics: list[str]) -> pd.DataFrame:
+    """Every method minus its partner (`stats.partner`) on every metric, Holm-adjusted over the whole table.
+
+    One replicate: paired by seed where both methods ran the same seeds, Welch otherwise. Several replicates:
+    the replicate is the unit (`stats.replicate_difference`), with the variance split into its two levels.
+    """
+    ppo = ppo_runs(frame)
+    methods = list(dict.fromkeys(ppo.method))
+    if methods and reference_method not in methods:
+        raise artifacts.StageError(f"--reference-method {reference_method!r}: not one of the PPO methods {methods}")
+    rows = []
+    for method in methods:
+        if method == reference_method:
+            continue
+        other = stats.partner(method, reference_method, methods)
+        for metric in [m for m in metrics if m in ppo.columns]:
+            levels = stats.replicate_difference(ppo, metric, method, other)
+            if ppo.replicate.nunique() > 1:
+                row = {**levels, "test": f"replicates (n={levels['replicates']})"}
+            else:
+                a = unit_values(ppo[ppo.method == method], metric)
+                b = unit_values(ppo[ppo.method == other], metric)
+                result = stats.compare(a, b)
+                row = {**levels, "diff": result.estimate, "diff_ci": result.half_width, "df": result.df,
+                       "p": result.p_value, "test": f"{result.test} (n={result.n})"}
+            rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    out = pd.DataFrame(rows)
+    out["p_holm"] = stats.holm(out.p)
+    out["significant"] = out.p_holm < 0.05
+    return out
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -165,103 +271,176 @@ def markdown_table(frame: pd.DataFrame, columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, reference_method: str, baseline: str) -> str:
-    metrics = [c for c in HEADLINE if c in frame.columns]
-    extra = [c for c in ("mtbench_score", "arena_winrate") if c in frame.columns]
+def shown_metrics(frame: pd.DataFrame) -> list[str]:
+    return [c for c in HEADLINE if c in frame.columns] + benchmark_headline(frame.columns)
+
+
+def pm(value, half) -> str:
+    return f"{fmt(value)} ± {fmt(half)}"
+
+
+def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.DataFrame, matched: pd.DataFrame,
+                    config: TablesConfig, singles: pd.DataFrame | None = None) -> str:
+    metrics = shown_metrics(frame)
+    baseline = config.baseline or config.models[0]
     parts = ["# Summary", "",
              "gold = the task's gold reward (higher is better, 1 = perfect); proxy = normalised reward-model score; "
              "kl_ref / kl_sft = sequence KL to the model's own reference / to the first SFT; "
              f"rm_winrate = reward-model win rate against `{baseline}` on the same prompts; "
-             "_id = in-distribution prompts, _ood = longer lists than any seen in training.", "",
-             "## Every model", "", markdown_table(frame, ["model", *metrics, *extra]), ""]
+             "_id = in-distribution prompts, _ood = longer lists than any seen in training. "
+             "All intervals are 95%.", "",
+             "## Every model", "", markdown_table(frame, ["model", *metrics, *[c for c in ("judge_failures",) if c in frame.columns]]), ""]
+    single = frame[frame.kind != "ppo"].copy()
+    with_ci = [m for m in metrics if f"{m}_ci" in single.columns and single[m].notna().any()]
+    if len(single) and with_ci:
+        for m in with_ci:
+            single[f"{m} (95% CI)"] = [pm(v, h) for v, h in zip(single[m], single[f"{m}_ci"])]
+        parts += ["## Single models (prompt-level bootstrap interval)", "",
+                  f"Each model is one run: the interval is over its evaluation prompts ({config.n_boot} resamples, "
+                  f"seed {config.seed}) and says nothing about retraining it.", "",
+                  markdown_table(single, ["model", *[f"{m} (95% CI)" for m in with_ci]]), ""]
+    if singles is not None and len(singles):
+        shown = singles.assign(interval=[f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}]" + (" *" if x else "") for d, lo, hi, x
+                                         in zip(singles["diff"], singles.lower, singles.upper, singles.excludes_zero)])
+        parts += ["### Single models against each other (same prompts, paired bootstrap)", "",
+                  "* = the prompt-level interval excludes 0: a difference in these two trained models, "
+                  "not evidence about retraining them.", "",
+                  markdown_table(shown, ["model", "vs", "metric", "prompts", "interval"]), ""]
     if len(agg):
-        columns = ["method", "seeds"]
-        for metric in [*metrics, *extra]:
-            if metric in agg.columns:
-                agg[f"{metric} (95% CI)"] = [
-                    f"{fmt(m)} ± {fmt(h)}" for m, h in zip(agg[metric], agg.get(f"{metric}_ci", [math.nan] * len(agg)))]
-                columns.append(f"{metric} (95% CI)")
-        parts += ["## PPO methods over seeds (mean ± 95% t-interval)", "", markdown_table(agg, columns), ""]
-        diff_rows = []
-        for _, row in agg[agg.method != reference_method].iterrows():
-            cells = [row["method"]]
-            for metric in [*metrics, *extra]:
-                if f"{metric}_diff" in row:
-                    star = " *" if row.get(f"{metric}_significant") else ""
-                    cells.append(f"{fmt(row[f'{metric}_diff'])} ± {fmt(row[f'{metric}_diff_ci'])}{star}")
-            diff_rows.append(cells)
-        if diff_rows:
-            header = ["method", *[m for m in [*metrics, *extra] if f"{m}_diff" in agg.columns]]
-            parts += [f"## Difference from `{reference_method}` (Welch 95% interval; * = excludes 0)", "",
-                      "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                      *["| " + " | ".join(cells) + " |" for cells in diff_rows], ""]
+        for m in metrics:
+            if m in agg.columns:
+                agg[f"{m} (95% CI)"] = [pm(v, h) for v, h in zip(agg[m], agg[f"{m}_ci"])]
+        unit = "over replicate means" if agg.replicates.max() > 1 else "over seeds"
+        parts += [f"## PPO methods over seeds (mean ± t-interval {unit})", "",
+                  markdown_table(agg, ["method", "seeds", "replicates",
+                                       *[f"{m} (95% CI)" for m in metrics if m in agg.columns]]), ""]
+    if len(comparisons):
+        parts += render_comparisons(comparisons, config.reference_method, metrics)
+        parts += render_power(comparisons, config.primary)
+    if len(matched):
+        parts += render_matched(matched)
     return "\n".join(parts)
 
 
-def plot_curves(results: Path, frame: pd.DataFrame, path: Path) -> None:
-    """Gold and proxy reward against KL (and KL against episodes), per method, mean over seeds."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def render_comparisons(comparisons: pd.DataFrame, reference_method: str, metrics: list[str]) -> list[str]:
+    family = int(comparisons.p.notna().sum())
+    wide = []
+    for (method, other), group in comparisons.groupby(["method", "vs"], sort=False):
+        cells = {"method": method, "vs": other, "test": group.test.iloc[0]}
+        for _, row in group.iterrows():
+            cells[row.metric] = pm(row["diff"], row.diff_ci) + (" *" if row.significant else "")
+        wide.append(cells)
+    wide = pd.DataFrame(wide)
+    gold = comparisons[comparisons.metric.isin(["gold_id", "gold_ood"])]
+    lines = [f"## Difference from `{reference_method}` at the same sweep value", "",
+             "Each method minus its partner (`vs`: the reference method at the same sweep value where there is one). "
+             "Paired = mean of per-seed differences (both ran the same seeds); welch = Welch's interval; "
+             "replicates = a t-interval over outer replicates of the seed-averaged difference. "
+             f"± = the unadjusted 95% interval; * = Holm-adjusted p < 0.05 over the family of all {family} "
+             "comparisons in this table. Without a star the data do not separate the two.", "",
+             markdown_table(wide, ["method", "vs", "test", *[m for m in metrics if m in wide.columns]]), "",
+             "### Gold differences with p-values", "",
+             markdown_table(gold.assign(interval=[pm(d, h) for d, h in zip(gold["diff"], gold.diff_ci)]),
+                            ["method", "vs", "metric", "test", "interval", "df", "p", "p_holm"]), ""]
+    if comparisons.replicates.max() > 1:
+        lines += ["### Variance of the difference: outer replicates vs PPO seeds", "",
+                  "var_between = variance of the replicate-level difference beyond what seed noise explains; "
+                  "var_within = variance of one seed's difference inside a replicate (method of moments).", "",
+                  markdown_table(gold, ["method", "vs", "metric", "replicates", "seeds", "var_between",
+                                        "var_within"]), ""]
+    return lines
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    ppo = frame[frame.kind == "ppo"]
-    colors = plt.get_cmap("tab20").colors
-    for i, (method, group) in enumerate(ppo.groupby("method", sort=False)):
-        curves = [pd.read_csv(results / model / "metrics.csv") for model in group.model]  # the id is the run's path
-        mean = pd.concat(curves).groupby("update").mean(numeric_only=True)
-        smooth = mean.rolling(10, min_periods=1).mean()  # rollout batches are noisy
-        color = colors[i % len(colors)]
-        axes[0].plot(smooth["kl"], smooth["gold"], color=color, label=method)
-        axes[1].plot(smooth["kl"], smooth["proxy_score"], color=color, label=method)
-        axes[2].plot(smooth["episodes"], smooth["kl"], color=color, label=method)
-    labels = [("KL to reference (nats)", "gold reward"), ("KL to reference (nats)", "proxy reward (normalised)"),
-              ("episodes", "KL to reference (nats)")]
-    for ax, (xlabel, ylabel) in zip(axes, labels):
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.suptitle("PPO rollout batches, mean over seeds (10-update moving average)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+def render_power(comparisons: pd.DataFrame, primary: str) -> list[str]:
+    """The smallest difference the design resolves (the interval half-width) and what halving it costs."""
+    rows = comparisons[(comparisons.metric == "gold_id")
+                       & comparisons.method.map(lambda m: stats.split_sweep(m)[0] == primary)]
+    lines = []
+    for _, row in rows.iterrows():
+        replicates, seeds = int(row.replicates), int(round(row.seeds))
+        between = row.var_between if replicates > 1 else 0.0
+        if math.isnan(row.var_within) or seeds < 2:
+            continue
+        cost = stats.halving_cost(between, row.var_within, replicates, seeds)
+        se = cost["half_width"] / stats.t_quantile(replicates - 1 if replicates > 1 else seeds - 1)
+        df = replicates - 1 if replicates > 1 else seeds - 1
+        text = (f"* `{row.method}` − `{row.vs}` ({row.test}): the design resolves gold differences larger than "
+                f"±{fmt(row.diff_ci)} (the interval half-width; a true difference of "
+                f"{fmt(stats.detectable_at_power(se, df))} is detected with 80% power). ")
+        if replicates > 1:
+            share = between / (between + row.var_within / seeds) if between + row.var_within > 0 else math.nan
+            text += (f"Outer replicates carry {fmt(100 * share, 0)}% of the variance of a replicate's difference. "
+                     f"Halving it takes {cost['replicates_needed']} replicates instead of {replicates}"
+                     + (f", or {cost['seeds_needed']} seeds per replicate instead of {seeds}."
+                        if cost["seeds_needed"] else "; more seeds alone cannot halve it."))
+        else:
+            text += (f"Halving it takes {cost['seeds_needed']} seeds per method instead of {seeds} "
+                     f"({2 * cost['seeds_needed']} PPO runs instead of {2 * seeds}; ≈4× asymptotically, fewer here "
+                     "because the t quantile shrinks). One replicate: the interval leaves out the variance of "
+                     "redrawing the SFT pair and the reward model.")
+        lines.append(text)
+    return ["## Power", "", *lines, ""] if lines else []
 
 
-def plot_frontier(frame: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def render_matched(matched: pd.DataFrame) -> list[str]:
+    lines = ["## Gold at matched KL to the first SFT", "",
+             "Per method family, gold is fitted against sqrt(KL to the first SFT) over all its β and seeds "
+             "(degree: 2 with ≥3 β, 1 with 2, the mean with 1; salsa.stats.fit_curve) and compared at KL levels "
+             "both families' runs cover; intervals: percentile bootstrap over runs resampled within β.", ""]
+    covered = matched[matched.note == ""] if "kl" in matched.columns else matched.iloc[0:0]
+    if len(covered):
+        covered = covered.assign(interval=[f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}]" + (" *" if x else "")
+                                           for d, lo, hi, x in zip(covered["diff"], covered.lower, covered.upper,
+                                                                   covered.excludes_zero)])
+        lines += [markdown_table(covered, ["family", "vs", "kl", "gold_id", "vs_gold_id", "interval",
+                                           "fit_degree", "vs_fit_degree"]),
+                  "", "* = the interval excludes 0 (levels of one pair share runs: not independent tests).", ""]
+    for _, row in matched[matched.note != ""].iterrows():
+        lines.append(f"* `{row.family}` vs `{row.vs}`: {row.note} (KL {row.kl_range} vs {row.vs_kl_range}).")
+    return lines + [""]
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("gold_id", "proxy_id")):
-        for kind, marker in (("sft", "s"), ("soup", "D")):
-            part = frame[frame.kind == kind]
-            ax.scatter(part.kl_sft_id, part[metric], marker=marker, color="black", label=kind)
-        palette = plt.get_cmap("tab20").colors  # enough distinct colours for a sweep plus ablations
-        for i, (method, group) in enumerate(frame[frame.kind == "ppo"].groupby("method", sort=False)):
-            ax.scatter(group.kl_sft_id, group[metric], label=method, alpha=0.8, color=palette[i % len(palette)])
-        ax.set_xlabel("KL to the first SFT (nats)")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Final models: reward against KL (one point per run)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+def matched_kl_frame(frame: pd.DataFrame, reference_method: str, n_boot: int, seed: int) -> pd.DataFrame:
+    ppo = ppo_runs(frame)
+    if "kl_sft_id" not in ppo.columns or "gold_id" not in ppo.columns:
+        return pd.DataFrame()
+    reference = stats.split_sweep(reference_method)[0]
+    families = [f for f in dict.fromkeys(ppo.family) if f != reference]
+    parts = [stats.matched_kl(ppo, family, reference, n_boot=n_boot, seed=seed) for family in families]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def fitted_curves(frame: pd.DataFrame) -> dict:
+    """The matched-KL fit of each family with more than one β, over its own KL range, for frontier.png."""
+    ppo = ppo_runs(frame)
+    if "kl_sft_id" not in ppo.columns or "gold_id" not in ppo.columns:
+        return {}
+    curves = {}
+    for family, runs in ppo.dropna(subset=["kl_sft_id", "gold_id"]).groupby("family", sort=False):
+        if runs.stratum.nunique() < 2:
+            continue  # one β: the fit is a constant, the points say as much
+        grid = np.linspace(max(runs.kl_sft_id.min(), 0.0), runs.kl_sft_id.max(), 50)
+        coefficients = stats.fit_curve(runs.kl_sft_id, runs.gold_id, stats.fit_degree(runs.stratum.nunique()))
+        curves[family] = (grid, np.polyval(coefficients, np.sqrt(grid)))
+    return curves
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse(TablesConfig, argv)
     frame = collect_rows(config)
-    agg = aggregate(frame, config.reference_method)
+    agg = aggregate(frame)
+    comparisons = compare_methods(frame, config.reference_method, shown_metrics(frame))
+    matched = matched_kl_frame(frame, config.reference_method, config.n_boot, config.seed)
+    singles = single_model_differences(Path(config.results), frame, config.n_boot, config.seed)
     with artifacts.atomic_dir(config.out) as tmp:
         frame.to_csv(tmp / "summary.csv", index=False)
         agg.to_csv(tmp / "methods.csv", index=False)
-        (tmp / "summary.md").write_text(render_markdown(frame, agg, config.reference_method,
-                                                        config.baseline or config.models[0]))
+        comparisons.to_csv(tmp / "comparisons.csv", index=False)
+        matched.to_csv(tmp / "matched_kl.csv", index=False)
+        singles.to_csv(tmp / "single_models.csv", index=False)
+        (tmp / "summary.md").write_text(render_markdown(frame, agg, comparisons, matched, config, singles))
         plot_curves(Path(config.results), frame, tmp / "ppo_curves.png")
-        plot_frontier(frame, tmp / "frontier.png")
+        plot_frontier(frame, tmp / "frontier.png", fitted_curves(frame))
         artifacts.write_metadata(tmp, "tables", config, config.seed)
     print((Path(config.out) / "summary.md").read_text())
 

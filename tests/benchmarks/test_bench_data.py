@@ -7,9 +7,9 @@ import json
 import pytest
 
 from salsa.artifacts import StageError
-from salsa.benchmarks.data import (V2_BASELINES, load_arena_questions, load_benchmark, read_jsonl,
-                                   resolve_data_dir)
-from salsa.benchmarks.formats import read_answers
+from salsa.benchmarks.answer_formats import read_answers
+from salsa.benchmarks.data import V2_BASELINES, load_arena_questions, load_benchmark, resolve_data_dir
+from salsa.benchmarks.files import read_jsonl
 
 
 def test_mt_bench_files(shared_benchmarks):
@@ -115,3 +115,29 @@ def test_hub_offline_is_a_clean_stage_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(StageError, match="hub dataset someone/not-cached"):
         load_benchmark("mt_bench", None, hub_dataset="someone/not-cached", hub_subdir="data/mt_bench")
+
+
+def test_benchmark_modules_import_without_a_cycle():
+    """The package's import graph (module-level and in-function imports alike) has no cycle."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[2] / "src" / "salsa" / "benchmarks"
+    graph = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        graph[path.stem] = {node.module.rsplit(".", 1)[1] for node in ast.walk(tree)
+                            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("salsa.benchmarks.")}
+    state = {}
+
+    def visit(module, trail):
+        if state.get(module) == "open":
+            raise AssertionError(" -> ".join([*trail, module]))
+        if state.get(module) != "done":
+            state[module] = "open"
+            for imported in graph.get(module, ()):
+                visit(imported, [*trail, module])
+            state[module] = "done"
+
+    for module in graph:
+        visit(module, [])

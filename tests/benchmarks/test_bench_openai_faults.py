@@ -11,9 +11,9 @@ pytest.importorskip("openai", reason="the openai client is the judge extra: pip 
 
 from bench_helpers import chat_reply  # noqa: E402
 from salsa.artifacts import StageError
+from salsa.benchmarks.answer_formats import Answer
 from salsa.benchmarks.data import ArenaJudgeSettings, BenchmarkData, Question
-from salsa.benchmarks.formats import Answer
-from salsa.benchmarks.protocols import CONTINUE_MESSAGE, judge_arena
+from salsa.benchmarks.judge_protocols import CONTINUE_MESSAGE, judge_arena
 from salsa.judges import ChatRequest, JudgeAPIError, build_judge
 
 ASK = [{"role": "system", "content": "You judge."}, {"role": "user", "content": "Which is better?"}]
@@ -191,3 +191,77 @@ def test_arena_real_templates(fake_server, shared_benchmarks, tmp_path, benchmar
     assert scores["arena_winrate"] == pytest.approx(50.0, abs=1e-3 if benchmark == "arena_hard_v0.1" else 10)
     from salsa.cli import main as salsa
     assert salsa(["score", "arena-hard", "--judgments", str(tmp_path / "out" / "judgments.jsonl")]) == 0
+
+
+# ---------------------------------------------------------------- the stage fails when the judge does
+
+SECRET = "sk-secret-0123456789abcdef"
+
+
+def _mini_mt_bench(tmp_path, n=4):
+    """A self-contained MT-Bench-layout dir (one-turn writing questions) and a model's answers to it."""
+    data = tmp_path / "mt_bench"
+    data.mkdir()
+    (data / "question.jsonl").write_text("".join(json.dumps({"question_id": i, "category": "writing",
+                                                             "turns": [f"question {i}"]}) + "\n" for i in range(n)))
+    (data / "judge_prompts.jsonl").write_text(json.dumps({
+        "name": "single-v1", "type": "single", "system_prompt": "Rate it.", "output_format": "[[rating]]",
+        "prompt_template": "Q: {question}\nA: {answer}"}) + "\n")
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": i, "model_id": "m", "choices": [
+        {"index": 0, "turns": [f"answer {i}"]}]}) + "\n" for i in range(n)))
+    return data, answers
+
+
+def _mt_stage_argv(server, tmp_path, data, answers, *extra):
+    return ["--answers", answers, "--benchmark", "mt_bench", "--judge", "openai", "--judge-model", "j",
+            "--base-url", server.base_url, "--data-dir", data, "--out", tmp_path / "out",
+            "--cache-dir", tmp_path / "cache", "--api-key-env", "SALSA_TEST_KEY", "--max-retries", 0,
+            "--backoff-initial", 0.01, *extra]
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_non_retryable_status_stops_the_stage_with_a_redacted_line(fake_server, tmp_path, monkeypatch, capsys,
+                                                                   status):
+    monkeypatch.setenv("SALSA_TEST_KEY", SECRET)
+    server = fake_server(lambda n, req: (status, {"error": {"message": f"Incorrect API key provided: {SECRET}"}},
+                                         0, None))
+    data, answers = _mini_mt_bench(tmp_path)
+    rc = _judge_stage(_mt_stage_argv(server, tmp_path, data, answers, "--concurrency", 1, "--max-retries", 3))
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and f"HTTP {status}" in err
+    assert SECRET not in err and "[REDACTED]" in err
+    assert len(server.requests) == 1                       # not retried, and the other three never sent
+    assert not (tmp_path / "out").exists()
+
+
+def test_failure_fraction_over_the_limit_fails_the_stage(fake_server, tmp_path, capsys):
+    # questions 0 and 1 get a rating, 2 and 3 a reply without one (and 3's rating is out of range)
+    def reply(n, req):
+        text = req["messages"][1]["content"]
+        return 200, chat_reply("[[6]]" if "question 0" in text or "question 1" in text
+                               else "[[11]]" if "question 3" in text else "no rating"), 0, None
+
+    server = fake_server(reply)
+    data, answers = _mini_mt_bench(tmp_path)
+    assert _judge_stage(_mt_stage_argv(server, tmp_path, data, answers)) == 1
+    err = capsys.readouterr().err
+    assert "2 of 4 verdicts failed (2 unparseable, 0 API errors)" in err and "--max-failure-fraction 0.2" in err
+    assert not (tmp_path / "out").exists()
+    # exactly at the limit is allowed; the replies come from the cache
+    assert _judge_stage(_mt_stage_argv(server, tmp_path, data, answers, "--max-failure-fraction", 0.5)) == 0
+    assert len(server.requests) == 4
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert scores["judge_parse_failures"] == 2 and scores["mtbench_score"] == 6.0 and scores["mtbench_n_failed"] == 2
+
+
+def test_stored_api_errors_are_redacted(fake_server, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SALSA_TEST_KEY", SECRET)
+    server = fake_server(lambda n, req: (500, {"error": {"message": f"upstream saw key {SECRET}"}}, 0, None))
+    data, answers = _mini_mt_bench(tmp_path, n=2)
+    assert _judge_stage(_mt_stage_argv(server, tmp_path, data, answers, "--max-failure-fraction", 1)) == 0
+    out = capsys.readouterr()
+    stored = (tmp_path / "out" / "judgments.jsonl").read_text()
+    assert "HTTP 500" in stored and "[REDACTED]" in stored
+    for text in (stored, out.out, out.err, (tmp_path / "out" / "salsa_meta.json").read_text()):
+        assert SECRET not in text

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from salsa.benchmarks.arena_scoring import (arena_v01_scores, arena_v2_scores, fit_bradley_terry, legacy_battles,
-                                            legacy_verdict, v2_question_scores, v2_verdict)
-from salsa.benchmarks.scoring import mt_bench_metrics, mt_bench_table, parse_rating, reward_win_rate
+from salsa.benchmarks.arena_hard_scoring import (arena_v01_scores, arena_v2_scores, fit_bradley_terry,
+                                                 legacy_battles, legacy_verdict, v2_question_scores, v2_verdict)
+from salsa.benchmarks.mt_bench_scoring import mt_bench_metrics, mt_bench_table, parse_rating
+from salsa.benchmarks.win_rate import reward_win_rate
 from salsa.judges import gold_to_rating, reward_to_rating, verdict_from_difference
 
 V2_PATTERNS = (r"\[\[([AB<>=]+)\]\]", r"\[([AB<>=]+)\]")
@@ -159,3 +160,82 @@ def test_score_judge_mappings():
     assert reward_to_rating(0.0) == pytest.approx(5.5)
     assert 1.0 < reward_to_rating(-30) < reward_to_rating(30) <= 10.0
     assert gold_to_rating(1.0) == 10.0 and gold_to_rating(-2.0) == 1.0 and gold_to_rating(0.5) == 5.5
+
+
+# ---------------------------------------------------------------- `salsa score` on malformed judgments
+
+def _score(tmp_path, kind, rows, *extra):
+    from salsa import artifacts
+    from salsa.benchmarks import show_scores as score
+
+    path = tmp_path / "judgments.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else __import__("json").dumps(r)) + "\n" for r in rows))
+    return artifacts.run_main(score.main, [kind, "--judgments", str(path), *map(str, extra)]), path
+
+
+GOOD_MT = {"question_id": 1, "model": "m", "score": 7, "turn": 1}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({**GOOD_MT, "score": "ten"}, "field 'score' should be a number, got \"ten\""),
+    ({**GOOD_MT, "score": None}, "field 'score' should be a number, got null"),
+    ({**GOOD_MT, "turn": "x"}, "field 'turn' should be 1 or 2, got \"x\""),
+    ({k: v for k, v in GOOD_MT.items() if k != "turn"}, "missing field 'turn' (1 or 2)"),
+])
+def test_score_mt_bench_bad_rows_name_file_and_line(tmp_path, capsys, bad, message):
+    rc, path = _score(tmp_path, "mt-bench", [GOOD_MT, bad])
+    assert rc == 1 and capsys.readouterr().err.strip() == f"error: {path}:2: {message}"
+
+
+def test_score_mt_bench_out_of_range_ratings_fail_and_all_failed_is_an_error(tmp_path, capsys):
+    rows = [GOOD_MT, {**GOOD_MT, "turn": 2, "score": 11}, {**GOOD_MT, "question_id": 2, "score": 0}]
+    rc, _ = _score(tmp_path, "mt-bench", rows)
+    out = capsys.readouterr().out
+    assert rc == 0 and " 7.000 " in out and "    1      2" in out          # score 7 (not 6), 1 valid, 2 failed
+    rc, path = _score(tmp_path, "mt-bench", [{**GOOD_MT, "score": -1}, {**GOOD_MT, "turn": 2, "score": 12}])
+    assert rc == 1 and "no valid rating (1-10) for m; 2 failed" in capsys.readouterr().err
+
+
+def _legacy(model, *labels, baseline="base"):
+    return {"question_id": "q", "model": model, "baseline": baseline, "judge": "j",
+            "games": [{"score": label, "judgment": "", "user_prompt": ""} for label in labels]}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"question_id": "q", "model": "m", "games": "A>B"}, "'games' should be a non-empty list"),
+    ({"question_id": "q", "model": "m", "games": ["A>B", "B>A"]}, "game 1 should be an object or null, got str"),
+    ({"question_id": "q", "model": "m", "games": [{"score": 3}]}, "game 1: 'score' should be a verdict label"),
+    (_legacy("base", "A>B", "B>A"), "model 'base' is the baseline"),
+])
+def test_score_arena_bad_rows_name_file_and_line(tmp_path, capsys, bad, message):
+    rc, path = _score(tmp_path, "arena-hard", [_legacy("m", "B>A", "A>B"), bad])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith(f"error: {path}:2: {message}"), err
+
+
+def test_score_arena_all_unparseable_is_an_error_and_drops_are_printed(tmp_path, capsys):
+    rc, _ = _score(tmp_path, "arena-hard", [_legacy("m", None, "$ERROR$")] * 3)
+    assert rc == 1 and "no valid battle for m" in capsys.readouterr().err
+    rows = [_legacy("m", "B>A", None), _legacy("m", None, None), _legacy("m", "B>A", "A>B")]
+    rc, _ = _score(tmp_path, "arena-hard", rows, "--n-boot", 0)
+    assert rc == 0 and "dropped: 3 game(s) without a valid verdict, 1 question(s)" in capsys.readouterr().out
+    v2 = [{"uid": "u", "model": "m", "category": "hard_prompt", "games": [{"score": None}, {"score": "A>B"}]}]
+    rc, _ = _score(tmp_path, "arena-hard", v2)
+    assert rc == 1 and "every question of m|hard_prompt was dropped" in capsys.readouterr().err
+
+
+def test_score_directory_is_a_one_line_error(tmp_path, capsys):
+    from salsa import artifacts
+    from salsa.benchmarks import show_scores as score
+
+    assert artifacts.run_main(score.main, ["mt-bench", "--judgments", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path}: is a directory; pass the judgments.jsonl file inside it"
+
+
+def test_arena_metrics_report_dropped_games_and_questions():
+    from salsa.benchmarks.scores_json import arena_metrics
+
+    rows = [_legacy("m", "B>A", None), _legacy("m", None, None), _legacy("m", "B>A", "A>B")]
+    metrics, table = arena_metrics(rows, "arena_hard_v0.1", n_boot=0)
+    assert (metrics["arena_n_dropped_games"], metrics["arena_n_dropped"]) == (3, 1)
+    assert "dropped: 3 game(s)" in table

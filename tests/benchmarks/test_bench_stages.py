@@ -105,6 +105,10 @@ def test_mt_bench_answers_two_turns_and_local_judge_cache(shared_benchmarks, tin
     assert len(rows) == 2 and all(len(r["choices"][0]["turns"]) == 2 for r in rows)
     argv = ["--answers", answers, "--benchmark", "mt_bench", "--judge", "local", "--judge-model", tiny_policy,
             "--data-dir", shared_benchmarks, "--judge-max-tokens", 4, "--cache-dir", tmp_path / "cache"]
+    # a random tiny judge never gives a rating: by default that fails the stage instead of scoring nothing
+    assert run_stage(judge, argv + ["--out", tmp_path / "j0"]) == 1
+    assert "4 of 4 verdicts failed (4 unparseable" in capsys.readouterr().err and not (tmp_path / "j0").exists()
+    argv += ["--max-failure-fraction", 1]
     assert run_stage(judge, argv + ["--out", tmp_path / "j1"]) == 0
     scores = json.loads((tmp_path / "j1" / "scores.json").read_text())
     assert scores["judge_parse_failures"] == 4 and "mtbench_score" not in scores   # all -1: no mean

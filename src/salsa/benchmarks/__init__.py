@@ -1,9 +1,15 @@
 """Benchmarks for the trained policies: MT-Bench, Arena-Hard, and their embedded-task twins.
 
-Stages:
-  python -m salsa.benchmarks.answer   generate a model's answers (upstream answer formats)
-  python -m salsa.benchmarks.judge    judge them, write judgments.jsonl + scores.json
-  salsa score mt-bench|arena-hard     print the table from saved judgments
+Stages (each a module with main(argv)):
+  python -m salsa.benchmarks.fetch    salsa fetch-benchmarks: a public benchmark's files, pinned + sha256
+  python -m salsa.benchmarks.answer   salsa answer: a model's answers (upstream answer formats)
+  python -m salsa.benchmarks.judge    salsa judge: judge them, write judgments.jsonl + scores.json
+  salsa score mt-bench|arena-hard     (show_scores) print the table from saved judgments
+
+Steps they share: data (benchmark files -> questions, judge settings), answer_formats
+(upstream answer records), answer_generation + chat_generation (decoding), judge_protocols
+(judge prompts -> judgment records), mt_bench_scoring / arena_hard_scoring (upstream's
+scores), scores_json (judgments -> the flat scores.json). docs/architecture.md has the map.
 
 docs/judging.md describes the protocols, the judges and the caching.
 """

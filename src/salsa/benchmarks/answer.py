@@ -15,9 +15,9 @@ from salsa import artifacts
 from salsa.args import arg, parse
 from salsa.artifacts import StageError
 from salsa.benchmarks import BENCHMARKS
-from salsa.benchmarks.answers import generate_answers
+from salsa.benchmarks.answer_generation import generate_answers
 from salsa.benchmarks.data import load_benchmark
-from salsa.benchmarks.formats import write_jsonl
+from salsa.benchmarks.files import write_jsonl
 
 
 @dataclasses.dataclass
@@ -30,9 +30,11 @@ class AnswerConfig:
     data_dir: str | None = arg(None, help="benchmark directory in the upstream layout (or a root holding "
                                           "mt_bench/, arena_hard_v0.1/, ...); for embedded_*: the prepared "
                                           "data dir (eval_id/, task.json)")
-    hub_dataset: str | None = arg(None, help="Hugging Face dataset id to fetch the benchmark from instead")
+    hub_dataset: str | None = arg(None, help="Hugging Face dataset id to read the benchmark from instead "
+                                              "(e.g. lmarena-ai/arena-hard-auto)")
     hub_revision: str | None = arg(None, help="revision of --hub-dataset")
-    hub_subdir: str | None = arg(None, help="folder of --hub-dataset holding question.jsonl etc.")
+    hub_subdir: str | None = arg(None, help="folder of --hub-dataset holding question.jsonl etc. "
+                                             "(e.g. data/arena-hard-v0.1)")
     categories: list[str] = arg([], help="Arena-Hard v2.0 categories to answer (default: hard_prompt, "
                                          "as upstream scores by default)")
     seed: int = arg(0, help="sampling seed (temperature > 0 categories)")

@@ -1,6 +1,6 @@
 """Benchmark data in the upstream layouts, from a local directory or the Hugging Face Hub.
 
-Layouts read (the files at /work/shared/benchmarks, see its SOURCES.md):
+Layouts read (as upstream keeps them; `salsa fetch-benchmarks` writes them, see salsa.benchmarks.fetch):
 
   mt_bench/          question.jsonl, judge_prompts.jsonl (here or one level up, as in
                      FastChat), reference_answer/gpt-4.jsonl
@@ -23,7 +23,8 @@ from typing import Any
 
 from salsa.artifacts import StageError
 from salsa.benchmarks import ARENA_V01, ARENA_V2, EMBEDDED, MT_BENCH
-from salsa.benchmarks.formats import Answer, read_answers
+from salsa.benchmarks.answer_formats import Answer, read_answers
+from salsa.benchmarks.files import field, read_jsonl, read_yaml
 
 # Baselines of the v2.0 categories (upstream keeps these in code, utils/judge_utils.py).
 V2_BASELINES = {"hard_prompt": "o3-mini-2025-01-31", "coding": "o3-mini-2025-01-31",
@@ -76,60 +77,6 @@ class BenchmarkData:
     task: dict | None = None              # embedded: task.json
 
 
-# ---------------------------------------------------------------- file readers
-
-def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; StageError names file:line on bad input."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StageError(f"{path}: file not found") from None
-    except UnicodeDecodeError as err:
-        raise StageError(f"{path}: not UTF-8 text ({err.reason})") from None
-    rows = []
-    # split on "\n" only: str.splitlines() would also break at U+2028 etc. inside JSON strings
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise StageError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise StageError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append((lineno, row))
-    return rows
-
-
-def field(row: dict, key: str, kind: type | tuple, where: str) -> Any:
-    """row[key] checked for presence and type; ``where`` is "file:line" for the message."""
-    if key not in row:
-        raise StageError(f"{where}: missing field {key!r}")
-    value = row[key]
-    if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise StageError(f"{where}: field {key!r} should be {names}, got {type(value).__name__}")
-    return value
-
-
-def read_yaml(path: str | Path) -> dict:
-    import yaml
-
-    path = Path(path)
-    try:
-        payload = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StageError(f"{path}: file not found") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise StageError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
-    if not isinstance(payload, dict):
-        raise StageError(f"{path}: expected a YAML mapping")
-    return payload
-
-
 def _text_turn(turn: Any, where: str) -> str:
     """A question turn: a string (FastChat) or {"content": str} (Arena-Hard legacy)."""
     if isinstance(turn, dict):
@@ -159,7 +106,7 @@ def resolve_data_dir(benchmark: str, data_dir: str | None, hub_dataset: str | No
     """The benchmark's directory: the Hub copy when a dataset id is set, else data_dir.
 
     data_dir may be the benchmark's own directory or a root holding it under its usual
-    name (e.g. shared/benchmarks with mt_bench/ inside).
+    name (a root with mt_bench/, arena_hard_v0.1/, ... inside).
     """
     if hub_dataset:
         root = fetch_from_hub(hub_dataset, hub_revision, hub_subdir)
@@ -171,7 +118,9 @@ def resolve_data_dir(benchmark: str, data_dir: str | None, hub_dataset: str | No
         raise StageError(f"{root}: data directory not found")
     nested = root / _SUBDIRS.get(benchmark, "")
     if benchmark in _SUBDIRS and not (root / "question.jsonl").exists() and (nested / "question.jsonl").exists():
-        return nested
+        root = nested
+    from salsa.benchmarks.fetch import verify_checksums
+    verify_checksums(root)      # a fetched copy (salsa fetch-benchmarks) is read only as fetched
     return root
 
 

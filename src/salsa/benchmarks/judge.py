@@ -18,12 +18,13 @@ from salsa import artifacts
 from salsa.args import arg, parse
 from salsa.artifacts import StageError
 from salsa.benchmarks import ARENA_V2, BENCHMARKS, EMBEDDED, EMBEDDED_ARENA, SINGLE_GRADING
+from salsa.benchmarks.answer_formats import read_answers
 from salsa.benchmarks.data import load_benchmark
-from salsa.benchmarks.formats import read_answers, write_jsonl
-from salsa.benchmarks.metrics import arena_metrics, failure_metrics, score_judge_metrics
-from salsa.benchmarks.protocols import judge_arena, judge_mt_bench
-from salsa.benchmarks.scoring import format_mt_bench_table, mt_bench_metrics, mt_bench_table
-from salsa.judges import JUDGE_KINDS, ScoreJudge, build_judge
+from salsa.benchmarks.files import write_jsonl
+from salsa.benchmarks.judge_protocols import judge_arena, judge_mt_bench
+from salsa.benchmarks.mt_bench_scoring import format_mt_bench_table, mt_bench_metrics, mt_bench_table
+from salsa.benchmarks.scores_json import arena_metrics, failure_metrics, score_judge_metrics
+from salsa.judges import JUDGE_KINDS, JudgeFatalError, ScoreJudge, build_judge
 
 TEXT_JUDGES = ("openai", "local")
 
@@ -40,9 +41,11 @@ class JudgeStageConfig:
                                                   "baseline under data-dir/model_answer; embedded_arena: "
                                                   "required, the first SFT's answers)")
     data_dir: str | None = arg(None, help="benchmark directory (see salsa.benchmarks.answer --data-dir)")
-    hub_dataset: str | None = arg(None, help="Hugging Face dataset id to fetch the benchmark from instead")
+    hub_dataset: str | None = arg(None, help="Hugging Face dataset id to read the benchmark from instead "
+                                              "(e.g. lmarena-ai/arena-hard-auto)")
     hub_revision: str | None = arg(None, help="revision of --hub-dataset")
-    hub_subdir: str | None = arg(None, help="folder of --hub-dataset holding question.jsonl etc.")
+    hub_subdir: str | None = arg(None, help="folder of --hub-dataset holding question.jsonl etc. "
+                                             "(e.g. data/arena-hard-v0.1)")
     categories: list[str] = arg([], help="Arena-Hard v2.0 categories (default: hard_prompt)")
     seed: int = arg(0, help="seed of the bootstraps and of a sampling local judge")
     max_questions: int | None = arg(None, help="judge only the first N questions")
@@ -67,6 +70,8 @@ class JudgeStageConfig:
     reward_strong_threshold: float = arg(1.0, help="reward judge: |z(A)-z(B)| at least this is A>>B")
     gold_tie_threshold: float = arg(0.05, help="gold judge: |gold(A)-gold(B)| below this is A=B")
     gold_strong_threshold: float = arg(0.25, help="gold judge: |gold(A)-gold(B)| at least this is A>>B")
+    max_failure_fraction: float = arg(0.2, help="fail the stage when more than this fraction of judge verdicts "
+                                                "are API errors or unparseable (1 = never fail)")
     n_boot: int = arg(100, help="Arena-Hard bootstrap rounds (upstream: 100)")
     reward_n_boot: int = arg(1000, help="bootstrap rounds of the reward/gold win rate")
     strong_weight: int = arg(3, help="Arena-Hard: how many battles a strong verdict (A>>B) counts as")
@@ -86,6 +91,8 @@ class JudgeStageConfig:
             raise ValueError("need 0 <= reward tie threshold <= reward strong threshold")
         if not 0 <= self.gold_tie_threshold <= self.gold_strong_threshold:
             raise ValueError("need 0 <= gold tie threshold <= gold strong threshold")
+        if not 0 <= self.max_failure_fraction <= 1:
+            raise ValueError("--max-failure-fraction must be in [0, 1]")
 
 
 def _check_combination(config: JudgeStageConfig) -> None:
@@ -132,6 +139,18 @@ def _answers_and_baselines(config: JudgeStageConfig, data):
     return answers, baselines
 
 
+def check_failures(result, judge, max_fraction: float) -> None:
+    """Refuse a run whose verdicts are mostly failures: its scores would rest on a biased remainder."""
+    if not result.n_judged:
+        raise StageError("nothing to judge: no question has both a model answer and a baseline answer")
+    if result.failure_fraction > max_fraction:
+        common = judge.stats.errors.most_common(1)
+        first = f"; most common error: {common[0][0]}" if common else ""
+        raise StageError(f"judge {judge.name}: {result.failures} of {result.n_judged} verdicts failed "
+                         f"({result.parse_failures} unparseable, {result.api_errors} API errors), more than "
+                         f"--max-failure-fraction {max_fraction:g}{first}")
+
+
 def main(argv: list[str] | None = None) -> None:
     config = parse(JudgeStageConfig, argv)
     _check_combination(config)
@@ -152,14 +171,21 @@ def main(argv: list[str] | None = None) -> None:
         from salsa.benchmarks.answer import default_threads
         artifacts.set_threads(default_threads(model))
     started = time.time()
+    try:
+        if config.benchmark in SINGLE_GRADING:
+            result = judge_mt_bench(data, answers, judge, config.judge_max_tokens, config.judge_temperature or 0.0,
+                                    config.progress)
+        else:
+            result = judge_arena(data, answers, baselines, judge, config.judge_max_tokens,
+                                 config.judge_temperature, config.progress, legacy=config.benchmark != ARENA_V2)
+    except JudgeFatalError as err:
+        raise StageError(f"judge {judge.name}: {err} (not retried: check the API key, access and model name)") \
+            from None
+    check_failures(result, judge, config.max_failure_fraction)
     if config.benchmark in SINGLE_GRADING:
-        result = judge_mt_bench(data, answers, judge, config.judge_max_tokens, config.judge_temperature or 0.0,
-                                config.progress)
         scores = mt_bench_metrics(result.records)
         table = format_mt_bench_table(mt_bench_table(result.records))
     else:
-        result = judge_arena(data, answers, baselines, judge, config.judge_max_tokens, config.judge_temperature,
-                             config.progress, legacy=config.benchmark != ARENA_V2)
         scores, table = arena_metrics(result.records, config.benchmark, config.n_boot, config.seed,
                                       config.strong_weight)
         if isinstance(judge, ScoreJudge):

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from salsa.judges.base import (ChatRequest, Completion, JudgeAPIError, JudgeStats, ScoreJudge, TextJudge,
-                               verdict_from_difference)
+from salsa.judges.base import (ChatRequest, Completion, JudgeAPIError, JudgeFatalError, JudgeStats, ScoreJudge,
+                               TextJudge, verdict_from_difference)
 from salsa.judges.cache import JudgmentCache
 from salsa.judges.scorers import gold_to_rating, reward_to_rating
 
 JUDGE_KINDS = ("gold", "reward", "openai", "local")
 
-__all__ = ["ChatRequest", "Completion", "JudgeAPIError", "JudgeStats", "JudgmentCache", "ScoreJudge",
-           "TextJudge", "JUDGE_KINDS", "build_judge", "gold_to_rating", "reward_to_rating",
+__all__ = ["ChatRequest", "Completion", "JudgeAPIError", "JudgeFatalError", "JudgeStats", "JudgmentCache",
+           "ScoreJudge", "TextJudge", "JUDGE_KINDS", "build_judge", "gold_to_rating", "reward_to_rating",
            "verdict_from_difference"]
 
 

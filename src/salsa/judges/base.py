@@ -31,6 +31,10 @@ class JudgeAPIError(RuntimeError):
     """A request that still failed after all retries (the message never holds credentials)."""
 
 
+class JudgeFatalError(JudgeAPIError):
+    """An error no retry or later request can fix (HTTP 401/403/404): the run stops."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ChatRequest:
     messages: tuple[tuple[str, str], ...]       # ((role, content), ...): hashable and order-preserving

@@ -36,7 +36,7 @@ class LocalJudge(TextJudge):
         self.seed = seed
 
     def _complete_uncached(self, requests: Sequence[ChatRequest], progress: bool, desc: str) -> list[Completion]:
-        from salsa.benchmarks.generation import generate_chat
+        from salsa.benchmarks.chat_generation import generate_chat
 
         settings = [(r.temperature, min(r.max_tokens, self.max_new_tokens_cap or r.max_tokens)) for r in requests]
         try:

@@ -2,21 +2,28 @@
 
 Requests run in a bounded thread pool. Timeouts, connection errors, 408/409/429 and 5xx
 are retried with exponential backoff (honouring Retry-After up to the cap); other errors
-fail at once. The API key is read from the environment variable named in the config and
-is never logged, cached or written.
+fail the request at once, and 401/403/404 (bad key, no access, unknown model or URL) stop
+the whole run: every other request would fail the same way. The API key is read from the
+environment variable named in the config; it is never logged, cached or written, and error
+texts (which some servers echo the key into) are redacted before they are kept.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
+import threading
 import time
 from typing import Sequence
 
-from salsa.judges.base import ChatRequest, Completion, TextJudge
+from salsa.judges.base import ChatRequest, Completion, JudgeFatalError, TextJudge
 from salsa.judges.cache import JudgmentCache
 
 RETRYABLE_STATUS = {408, 409, 429}
+FATAL_STATUS = {401, 403, 404}
+# Things that look like credentials in an error text, whatever key the server saw.
+_SECRET_PATTERNS = (re.compile(r"\b(sk|rk|pk)-[A-Za-z0-9_\-*]{6,}"), re.compile(r"(?i)(bearer\s+)\S+"))
 # Reasoning models reject `max_tokens` and want `max_completion_tokens`.
 _COMPLETION_TOKEN_MODELS = ("o1", "o3", "o4", "gpt-5")
 
@@ -41,6 +48,8 @@ class OpenAIJudge(TextJudge):
         # Retries are ours (counted, with our backoff), so the client's own are off.
         self._client = openai.OpenAI(api_key=key, base_url=base_url or None, max_retries=0,
                                      timeout=request_timeout)
+        self._key = key
+        self._fatal = threading.Event()   # set on 401/403/404: the remaining requests are not sent
         self._openai = openai
         self.model = model
         self.concurrency = max(1, int(concurrency))
@@ -50,6 +59,13 @@ class OpenAIJudge(TextJudge):
         if token_param == "auto":
             token_param = "max_completion_tokens" if model.startswith(_COMPLETION_TOKEN_MODELS) else "max_tokens"
         self.token_param = token_param
+
+    def redact(self, text: str) -> str:
+        """The text with the API key (and anything shaped like a key or bearer token) masked."""
+        if self._key and self._key != "EMPTY" and len(self._key) >= 4:
+            text = text.replace(self._key, "[REDACTED]")
+        text = _SECRET_PATTERNS[0].sub("[REDACTED]", text)
+        return _SECRET_PATTERNS[1].sub(r"\1[REDACTED]", text)
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
         delay = self.backoff_initial * (2 ** attempt)
@@ -71,17 +87,23 @@ class OpenAIJudge(TextJudge):
         openai = self._openai
         for attempt in range(self.max_retries + 1):
             retry_after = None
+            if self._fatal.is_set():
+                return Completion(None, error="not sent: an earlier request failed for good")
             try:
                 return Completion(self._request_once(request))
             except openai.APIStatusError as err:
                 status = err.status_code
-                message = f"HTTP {status} from {self.model}: {_first_line(err)}"
+                message = self.redact(f"HTTP {status} from {self.model}: {_first_line(err)}")
+                if status in FATAL_STATUS:
+                    self._fatal.set()
+                    self.stats.error(message)
+                    raise JudgeFatalError(message) from None
                 retryable = status in RETRYABLE_STATUS or status >= 500
                 retry_after = _retry_after_seconds(err)
             except openai.APITimeoutError:
                 message, retryable = f"timeout after {self._client.timeout}s", True
             except openai.APIConnectionError as err:
-                message, retryable = f"connection error: {_first_line(err)}", True
+                message, retryable = self.redact(f"connection error: {_first_line(err)}"), True
             if not retryable or attempt == self.max_retries:
                 self.stats.error(message)
                 return Completion(None, error=message)
@@ -95,9 +117,13 @@ class OpenAIJudge(TextJudge):
         results: list[Completion | None] = [None] * len(requests)
         with concurrent.futures.ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             futures = {pool.submit(self.request, r): i for i, r in enumerate(requests)}
-            for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc=desc,
-                               disable=not progress, mininterval=1.0):
-                results[futures[future]] = future.result()
+            try:
+                for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc=desc,
+                                   disable=not progress, mininterval=1.0):
+                    results[futures[future]] = future.result()
+            except JudgeFatalError:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         return results  # type: ignore[return-value]
 
 

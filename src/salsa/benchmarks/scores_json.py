@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from salsa.benchmarks import ARENA_V2
-from salsa.benchmarks.arena_scoring import arena_v01_scores, arena_v2_scores, format_arena_table
-from salsa.benchmarks.scoring import metric_name, reward_win_rate
+from salsa.benchmarks.arena_hard_scoring import (arena_v01_scores, arena_v2_scores, format_arena_table,
+                                                 legacy_dropped)
+from salsa.benchmarks.mt_bench_scoring import metric_name
+from salsa.benchmarks.win_rate import reward_win_rate
 
 
 def _baseline_of(records: list[dict], default: str = "baseline") -> str:
@@ -36,16 +38,21 @@ def arena_metrics(records: list[dict], benchmark: str, n_boot: int = 100, seed: 
             metrics[f"arena_n_questions{suffix}"] = row["n_questions"]
             metrics.setdefault("arena_n_questions", row["n_questions"])
             metrics["arena_n_dropped"] = metrics.get("arena_n_dropped", 0) + row["n_dropped"]
-        return metrics, format_arena_table(table, f"Arena-Hard v2.0 (score %, 90% CI; judge {records[0]['judge']})")
+        title = f"Arena-Hard v2.0 (score %, 90% CI; judge {records[0]['judge']})"
+        return metrics, (format_arena_table(table, title) + f"\ndropped: {metrics['arena_n_dropped']} question(s) "
+                         f"without a valid verdict in both games")
     baseline = _baseline_of(records)
     table = arena_v01_scores(records, baseline, n_boot, seed, strong_weight)
     row = table[models[0]]
+    dropped = legacy_dropped(records)
     metrics = {"arena_winrate": row["winrate"], "arena_n_battles": row["n_battles"],
-               "arena_n_questions": row["n_questions"]}
+               "arena_n_questions": row["n_questions"], "arena_n_dropped_games": dropped["games"],
+               "arena_n_dropped": dropped["questions"]}
     if "ci_low" in row:
         metrics.update(arena_ci_low=row["ci_low"], arena_ci_high=row["ci_high"])
     title = f"{benchmark} (Bradley-Terry win rate % vs {baseline}, 95% CI; judge {records[0]['judge']})"
-    return metrics, format_arena_table(table, title)
+    return metrics, (format_arena_table(table, title) + f"\ndropped: {dropped['games']} game(s) without a valid "
+                     f"verdict, {dropped['questions']} question(s) with none in either game")
 
 
 def score_judge_metrics(records: list[dict], judge_kind: str, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:

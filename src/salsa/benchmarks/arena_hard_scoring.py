@@ -73,6 +73,16 @@ def legacy_battles(records: Iterable[dict], strong_weight: int = STRONG_WEIGHT,
     return battles
 
 
+def legacy_dropped(records: Iterable[dict]) -> dict[str, int]:
+    """Games without a usable verdict, and questions where neither game has one."""
+    games = questions = 0
+    for record in records:
+        bad = [(game or {}).get("score") not in _LEGACY_LABELS for game in record["games"][:2]]
+        games += sum(bad)
+        questions += all(bad)
+    return {"games": games, "questions": questions}
+
+
 def fit_bradley_terry(pair_wins: np.ndarray, pair_counts: np.ndarray, n_models: int,
                       ridge: float = 1e-8, iterations: int = 200) -> np.ndarray:
     """Strengths theta (baseline = index 0, fixed at 0) from model-vs-baseline results.

@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from salsa.benchmarks import ARENA_V01, ARENA_V2, EMBEDDED_ARENA, EMBEDDED_MT, MT_BENCH
+from salsa.benchmarks.answer_formats import arena_legacy_answer, arena_v2_answer, fastchat_answer
+from salsa.benchmarks.chat_generation import generate_chat
 from salsa.benchmarks.data import Question
-from salsa.benchmarks.formats import arena_legacy_answer, arena_v2_answer, fastchat_answer
-from salsa.benchmarks.generation import generate_chat
 
 MT_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
                   "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}

@@ -1,14 +1,11 @@
-"""MT-Bench single-answer grading scores, and the reward win rate against the SFT baseline.
+"""MT-Bench single-answer grading scores.
 
 MT-Bench (as FastChat's gen_judgment.py / show_result.py):
   * the rating is the first ``[[x]]`` in the judge's reply, else the first ``[x]``; no match
-    (or an API error) gives -1, and -1 ratings are left out of every mean;
+    (or an API error) gives -1, and -1 ratings are left out of every mean; so is any rating
+    outside MT-Bench's 1-10 scale (counted as failed; upstream would average it in);
   * turn-1 and turn-2 means, the overall mean over all valid ratings of both turns, and
     per-category means (over both turns).
-
-Reward win rate (UltraFeedback-style, ``reward_win_rate``): per prompt, the model's reward
-against the baseline's; hard = mean of 1[win] + 0.5*1[tie], soft = mean sigmoid(r_m - r_b),
-each with a seeded paired bootstrap 95% percentile interval.
 """
 
 from __future__ import annotations
@@ -18,11 +15,10 @@ import re
 from collections import defaultdict
 from typing import Iterable, Sequence
 
-import numpy as np
-
 ONE_SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 ONE_SCORE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 FAILED_RATING = -1
+RATING_MIN, RATING_MAX = 1.0, 10.0
 
 
 def parse_rating(judgment: str | None) -> float:
@@ -31,6 +27,10 @@ def parse_rating(judgment: str | None) -> float:
         return FAILED_RATING
     match = ONE_SCORE.search(judgment) or ONE_SCORE_BACKUP.search(judgment)
     return float(match.group(1)) if match else FAILED_RATING
+
+
+def is_valid_rating(score: float) -> bool:
+    return RATING_MIN <= score <= RATING_MAX
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -45,10 +45,10 @@ def mt_bench_table(records: Iterable[dict], categories: dict | None = None) -> d
     by_model: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         model, score = record["model"], float(record["score"])
-        if score == FAILED_RATING:
+        if not is_valid_rating(score):
             by_model[model]["failed"].append(record)
             continue
-        turn = int(record.get("turn", 1))
+        turn = int(record["turn"])   # no default: a turn-2 rating counted as turn 1 is silently wrong
         by_model[model][f"turn{turn}"].append(score)
         by_model[model]["all"].append(score)
         category = record.get("category") or (categories or {}).get(record.get("question_id"))
@@ -104,36 +104,3 @@ def format_mt_bench_table(table: dict[str, dict]) -> str:
             lines.append(f"  {model}")
             lines += [f"    {c:<{cat_width}}  {fmt(row['categories'].get(c))}" for c in categories]
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- reward win rate
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
-
-
-def reward_win_rate(model_scores: Sequence[float], baseline_scores: Sequence[float], n_boot: int = 1000,
-                    seed: int = 0) -> dict[str, float]:
-    """Hard and soft win rates of a model over a baseline on the same prompts, with 95% bootstrap CIs.
-
-    hard: a strictly higher reward wins (1), an equal one ties (1/2); soft: sigmoid(r_m - r_b).
-    The bootstrap resamples prompts (pairs) with replacement, ``n_boot`` times, from
-    ``numpy.random.default_rng(seed)``; the CI is the 2.5th-97.5th percentile. Rates are fractions.
-    """
-    model = np.asarray(model_scores, dtype=float)
-    baseline = np.asarray(baseline_scores, dtype=float)
-    if model.shape != baseline.shape or model.ndim != 1:
-        raise ValueError(f"need two equal-length score lists, got {model.shape} and {baseline.shape}")
-    if model.size == 0:
-        raise ValueError("no scores")
-    if not (np.isfinite(model).all() and np.isfinite(baseline).all()):
-        raise ValueError("scores must be finite")
-    hard = (model > baseline) + 0.5 * (model == baseline)
-    soft = _sigmoid(model - baseline)
-    result = {"hard": float(hard.mean()), "soft": float(soft.mean()), "n": int(model.size), "n_boot": int(n_boot)}
-    if n_boot > 0:
-        rows = np.random.default_rng(seed).integers(0, model.size, size=(n_boot, model.size))
-        for name, values in (("hard", hard), ("soft", soft)):
-            low, high = np.percentile(values[rows].mean(axis=1), [2.5, 97.5])
-            result[f"{name}_ci_low"], result[f"{name}_ci_high"] = float(low), float(high)
-    return result

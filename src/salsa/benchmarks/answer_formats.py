@@ -11,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from salsa.artifacts import StageError
+from salsa.benchmarks.files import read_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,21 +88,4 @@ def parse_answer(row: dict, where: str) -> Answer:
 
 def read_answers(path: str | Path) -> dict[Any, Answer]:
     """Answers by question id (a later line for the same question replaces an earlier one, as upstream)."""
-    from salsa.benchmarks.data import read_jsonl
-
     return {a.question_id: a for a in (parse_answer(row, f"{path}:{n}") for n, row in read_jsonl(path))}
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    """Write JSON lines atomically (temp file beside the target, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

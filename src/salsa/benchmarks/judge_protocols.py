@@ -22,10 +22,10 @@ import time
 from typing import Any
 
 from salsa.artifacts import StageError
-from salsa.benchmarks.arena_scoring import legacy_verdict, v2_verdict
+from salsa.benchmarks.answer_formats import Answer
+from salsa.benchmarks.arena_hard_scoring import legacy_verdict, v2_verdict
 from salsa.benchmarks.data import NEED_REF_CATEGORIES, BenchmarkData, Question
-from salsa.benchmarks.formats import Answer
-from salsa.benchmarks.scoring import FAILED_RATING, parse_rating
+from salsa.benchmarks.mt_bench_scoring import is_valid_rating, parse_rating
 from salsa.judges import ChatRequest, ScoreJudge, TextJudge
 
 # Upstream's (v0.1) follow-up when a reply has no verdict; kept verbatim for protocol fidelity.
@@ -38,10 +38,15 @@ class JudgingResult:
     records: list[dict]
     parse_failures: int = 0
     api_errors: int = 0
+    n_judged: int = 0          # judge verdicts asked for: one per MT-Bench turn, one per Arena-Hard game
 
     @property
     def failures(self) -> int:
         return self.parse_failures + self.api_errors
+
+    @property
+    def failure_fraction(self) -> float:
+        return self.failures / self.n_judged if self.n_judged else 0.0
 
 
 # ---------------------------------------------------------------- MT-Bench
@@ -99,7 +104,7 @@ def conversation(question: Question, answer: Answer, turns: int) -> list[dict]:
 def judge_mt_bench(data: BenchmarkData, answers: dict[Any, Answer], judge: TextJudge | ScoreJudge,
                    max_tokens: int | None = None, temperature: float = 0.0, progress: bool = True) -> JudgingResult:
     matches = _mt_matches(data, answers)
-    result = JudgingResult([])
+    result = JudgingResult([], n_judged=len(matches))
     if isinstance(judge, ScoreJudge):
         scores = judge.score([conversation(m.question, m.answer, m.turn) for m in matches], progress)
         for match, score in zip(matches, scores):
@@ -117,7 +122,7 @@ def judge_mt_bench(data: BenchmarkData, answers: dict[Any, Answer], judge: TextJ
             result.api_errors += 1
             extra["error"] = completion.error
         rating = parse_rating(completion.text)
-        if rating == FAILED_RATING and not completion.error:
+        if not is_valid_rating(rating) and not completion.error:   # no rating, or one outside 1-10
             result.parse_failures += 1
             judge.stats.add("parse_failures")
         result.records.append(_mt_record(match, [judge.name, name], messages[1]["content"],
@@ -192,7 +197,7 @@ def judge_arena(data: BenchmarkData, answers: dict[Any, Answer], baselines: dict
         active = still_open
         if not active:
             break
-    result = JudgingResult([])
+    result = JudgingResult([], n_judged=2 * len(pairs))
     for k, (question, answer, baseline) in enumerate(pairs):
         pair_games = []
         for game in games[2 * k:2 * k + 2]:
@@ -230,7 +235,7 @@ def _score_judge_arena(pairs: list[tuple[Question, Answer, Answer]], judge: Scor
                        progress: bool) -> JudgingResult:
     conversations = [conversation(q, ans, 1) for q, a, b in pairs for ans in (a, b)]
     scores = judge.score(conversations, progress)
-    result = JudgingResult([])
+    result = JudgingResult([], n_judged=2 * len(pairs))
     for k, (question, answer, baseline) in enumerate(pairs):
         model_score, baseline_score = scores[2 * k], scores[2 * k + 1]
         games = []

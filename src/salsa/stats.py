@@ -1,0 +1,273 @@
+"""The statistics behind the tables: intervals, tests, multiple comparisons, bootstrap, matched KL, power.
+
+Pure functions on numbers and frames (no files): `salsa.tables` reads the
+results and renders what these return. Every interval is two-sided at
+`level` (95% by default) and reported as estimate ± half-width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+LEVEL = 0.95
+# a method created by a `sweep` entry: <method>-<key><value>, e.g. salsa-kl_coef0.1 (rules/common.smk)
+SWEEP_NAME = re.compile(r"^(?P<family>.+)-(?P<key>[A-Za-z_]+?)(?P<value>[-+.0-9][-+.0-9eE]*|True|False|None)$")
+
+
+def t_quantile(df: float, level: float = LEVEL) -> float:
+    """Two-sided Student-t critical value for `df` degrees of freedom (fractional df allowed); NaN if df <= 0."""
+    if df is None or math.isnan(df) or df <= 0:
+        return math.nan
+    return float(scipy_stats.t.ppf(0.5 + level / 2, df))
+
+
+@dataclasses.dataclass
+class Interval:
+    """An estimate with its interval half-width, degrees of freedom, two-sided p-value (against 0) and test."""
+
+    estimate: float
+    half_width: float = math.nan
+    df: float = math.nan
+    p_value: float = math.nan
+    test: str = ""
+    n: int = 0
+
+
+def _clean(values) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    return array[~np.isnan(array)]
+
+
+def _t_test(estimate: float, se: float, df: float, level: float, test: str, n: int) -> Interval:
+    if math.isnan(se) or math.isnan(df) or df <= 0:
+        return Interval(estimate, math.nan, df, math.nan, test, n)
+    if se == 0:  # no spread at all: an interval of width 0, but nothing to test against
+        return Interval(estimate, 0.0, df, math.nan, test, n)
+    p = float(2 * scipy_stats.t.sf(abs(estimate) / se, df))
+    return Interval(estimate, t_quantile(df, level) * se, df, p, test, n)
+
+
+def mean_interval(values, level: float = LEVEL) -> Interval:
+    """Mean ± t-interval (df = n - 1); the p-value tests mean = 0 (used for per-seed differences)."""
+    x = _clean(values)
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, test="mean", n=0)
+    if n == 1:
+        return Interval(float(x[0]), test="mean", n=1)
+    return _t_test(float(x.mean()), float(x.std(ddof=1) / math.sqrt(n)), n - 1, level, "mean", n)
+
+
+def welch_difference(a, b, level: float = LEVEL) -> Interval:
+    """mean(a) - mean(b) with Welch's interval: unpooled variances, Welch-Satterthwaite df (not rounded)."""
+    a, b = _clean(a), _clean(b)
+    if len(a) == 0 or len(b) == 0:
+        return Interval(math.nan, test="welch")
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return Interval(diff, test="welch", n=min(len(a), len(b)))
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return _t_test(diff, 0.0, len(a) + len(b) - 2, level, "welch", min(len(a), len(b)))
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return _t_test(diff, math.sqrt(va + vb), df, level, "welch", min(len(a), len(b)))
+
+
+def paired_difference(a, b, level: float = LEVEL) -> Interval:
+    """Mean of the pairwise differences a_i - b_i with a one-sample t-interval (df = pairs - 1)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) != len(b):
+        raise ValueError(f"paired difference: {len(a)} vs {len(b)} values")
+    result = mean_interval(a - b, level)
+    return dataclasses.replace(result, test="paired")
+
+
+def compare(a: pd.Series, b: pd.Series, level: float = LEVEL) -> Interval:
+    """a - b, paired on the index (e.g. seed) when both have the same index values, Welch otherwise."""
+    a, b = a.dropna(), b.dropna()
+    if len(a) > 1 and a.index.is_unique and b.index.is_unique and set(a.index) == set(b.index):
+        return paired_difference(a.sort_index().to_numpy(), b.sort_index().to_numpy(), level)
+    return welch_difference(a.to_numpy(), b.to_numpy(), level)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values; NaNs are not tests and stay NaN (the family is the finite ones)."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    m = len(finite)
+    order = finite[np.argsort(p[finite], kind="stable")]
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))  # monotone: never below an earlier step
+        adjusted[index] = running
+    return adjusted
+
+
+def bootstrap_mean(values, n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean and its percentile bootstrap interval (lower, upper), resampling the values with replacement."""
+    x = _clean(values)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    lower, upper = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
+    return float(x.mean()), float(lower), float(upper)
+
+
+def split_sweep(method: str) -> tuple[str, str]:
+    """`salsa-kl_coef0.1` -> ('salsa', 'kl_coef0.1'); a method not made by a sweep -> (method, '')."""
+    match = SWEEP_NAME.match(method)
+    return (match["family"], match["key"] + match["value"]) if match else (method, "")
+
+
+def partner(method: str, reference_method: str, methods) -> str:
+    """The method `method` is compared with: the reference family at the same sweep value when that exists
+    (salsa-kl_coef0.1 -> ppo-kl_coef0.1), the reference method otherwise."""
+    family, tag = split_sweep(method)
+    reference_family, _ = split_sweep(reference_method)
+    same_value = f"{reference_family}-{tag}"
+    if tag and family != reference_family and same_value in set(methods):
+        return same_value
+    return reference_method
+
+
+# --- outer replicates ----------------------------------------------------------
+def replicate_difference(frame: pd.DataFrame, metric: str, method: str, other: str,
+                         level: float = LEVEL) -> dict:
+    """method - other on `metric` with replicates (SFT pair + reward model redrawn) as the unit.
+
+    frame: PPO rows with columns method, seed, replicate and the metric. Within a replicate the
+    difference is mean over seeds of method minus mean over seeds of other; the interval is a t-interval
+    over replicates. The variance of the difference splits (one-way random effects, method of moments) into
+    within = the variance of one seed's difference inside a replicate (paired when the seeds match, the
+    sum of the two methods' seed variances otherwise) and between = Var_r(d_r) - within / seeds, floored at 0.
+    """
+    per_replicate, within, seeds = [], [], []
+    for _, group in frame.groupby("replicate", sort=True):
+        a = group[group.method == method].set_index("seed")[metric].dropna()
+        b = group[group.method == other].set_index("seed")[metric].dropna()
+        if len(a) == 0 or len(b) == 0:
+            continue
+        per_replicate.append(a.mean() - b.mean())
+        if set(a.index) == set(b.index) and len(a) > 1:
+            within.append(float((a - b.reindex(a.index)).var(ddof=1)))
+        elif len(a) > 1 and len(b) > 1:
+            within.append(float(a.var(ddof=1) + b.var(ddof=1)))
+        seeds.append(min(len(a), len(b)))
+    d = np.asarray(per_replicate, dtype=float)
+    overall = mean_interval(d, level)
+    within_var = float(np.mean(within)) if within else math.nan
+    n_seeds = float(np.mean(seeds)) if seeds else math.nan
+    observed = float(d.var(ddof=1)) if len(d) > 1 else math.nan
+    between_var = max(0.0, observed - within_var / n_seeds) if not math.isnan(observed + within_var) else math.nan
+    return {"method": method, "vs": other, "metric": metric, "replicates": len(d), "seeds": n_seeds,
+            "diff": overall.estimate, "diff_ci": overall.half_width, "df": overall.df, "p": overall.p_value,
+            "var_between": between_var, "var_within": within_var, "var_replicate_means": observed}
+
+
+# --- power -----------------------------------------------------------------------
+def half_width(var_between: float, var_within: float, replicates: int, seeds: int, level: float = LEVEL) -> float:
+    """Interval half-width of a difference averaged over `replicates` x `seeds`: replicates are the unit
+    (df = replicates - 1) when there is more than one; otherwise seeds are (df = seeds - 1, paired)."""
+    if replicates > 1:
+        return t_quantile(replicates - 1, level) * math.sqrt((var_between + var_within / seeds) / replicates)
+    return t_quantile(seeds - 1, level) * math.sqrt(var_within / seeds)
+
+
+def halving_cost(var_between: float, var_within: float, replicates: int, seeds: int, level: float = LEVEL,
+                 limit: int = 1000) -> dict:
+    """The smallest number of seeds (replicates fixed) and of replicates (seeds fixed) that halve the half-width.
+
+    None where it cannot be reached (more seeds never remove between-replicate variance).
+    """
+    target = half_width(var_between, var_within, replicates, seeds, level) / 2
+    more_seeds = next((n for n in range(seeds + 1, limit) if
+                       half_width(var_between, var_within, replicates, n, level) <= target), None)
+    more_replicates = next((r for r in range(max(replicates, 2), limit) if
+                            half_width(var_between, var_within, r, seeds, level) <= target), None) \
+        if replicates > 1 else None
+    return {"half_width": 2 * target, "target": target, "seeds_needed": more_seeds,
+            "replicates_needed": more_replicates}
+
+
+def detectable_at_power(se: float, df: float, power: float = 0.8, level: float = LEVEL) -> float:
+    """The true difference a two-sided test at `level` detects with probability `power`: (t_{1-a/2} + t_power) se."""
+    if math.isnan(se) or math.isnan(df) or df <= 0:
+        return math.nan
+    return (t_quantile(df, level) + float(scipy_stats.t.ppf(power, df))) * se
+
+
+# --- gold at matched KL -----------------------------------------------------------
+def fit_degree(strata: int) -> int:
+    """Quadratic with three or more β values, linear with two, a constant (the mean) with one."""
+    return max(0, min(2, strata - 1))
+
+
+def fit_curve(kl, gold, degree: int) -> np.ndarray:
+    """Least-squares polynomial of gold in sqrt(KL).
+
+    Why sqrt(KL) and a quadratic: Gao et al. (2022, "Scaling laws for reward model overoptimization") find
+    the gold reward of RL policies follows d (alpha - beta d) in d = sqrt(KL to the initial policy): it rises,
+    peaks and falls as the policy over-optimises the proxy. A free intercept absorbs the start's own gold
+    (methods start from different models). The degree drops with the number of distinct β values, so a fit
+    never has more parameters than the design has KL levels (`fit_degree`).
+    """
+    return np.polyfit(np.sqrt(np.maximum(np.asarray(kl, dtype=float), 0.0)), np.asarray(gold, dtype=float), degree)
+
+
+def _predict(coefficients: np.ndarray, kl_levels: np.ndarray) -> np.ndarray:
+    return np.polyval(coefficients, np.sqrt(kl_levels))
+
+
+def _resampled_fit(x: np.ndarray, y: np.ndarray, strata: list[np.ndarray], degree: int, levels: np.ndarray,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Refit on runs drawn with replacement within each β (stratum): the design fixes β, seeds are random."""
+    index = np.concatenate([group[rng.integers(0, len(group), len(group))] for group in strata])
+    return _predict(fit_curve(x[index], y[index], degree), levels)
+
+
+def matched_kl(frame: pd.DataFrame, family: str, other: str, metric: str = "gold_id", kl: str = "kl_sft_id",
+               n_levels: int = 5, n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
+    """`family` - `other` in `metric` at KL levels both families' runs cover, with bootstrap intervals.
+
+    frame: one row per PPO run with columns family, stratum (sweep value, '' if none), `kl` and `metric`.
+    Each family gets its own curve (`fit_curve`) over all its β and seeds; the levels are evenly spaced over
+    the overlap of the two families' KL ranges (min to max over runs). Intervals are percentile intervals of
+    the difference over `n_boot` refits on runs resampled within β (`_resampled_fit`), seeded. With three
+    seeds per β the bootstrap is narrower than a t-interval would be (it has no small-sample correction), and
+    with outer replicates it resamples runs, not replicates: read an interval that barely excludes 0 with care.
+    """
+    runs = {name: frame[frame.family == name].dropna(subset=[kl, metric]) for name in (family, other)}
+    base = {"family": family, "vs": other, "metric": metric,
+            "runs": len(runs[family]), "vs_runs": len(runs[other]),
+            "kl_range": f"{runs[family][kl].min():.3g} to {runs[family][kl].max():.3g}",
+            "vs_kl_range": f"{runs[other][kl].min():.3g} to {runs[other][kl].max():.3g}"}
+    if min(len(r) for r in runs.values()) == 0:
+        return pd.DataFrame([{**base, "note": "no runs"}])
+    low = max(r[kl].min() for r in runs.values())
+    high = min(r[kl].max() for r in runs.values())
+    if low > high:
+        return pd.DataFrame([{**base, "note": "KL ranges do not overlap"}])
+    levels = np.unique(np.linspace(low, high, n_levels))
+    arrays = {}
+    for name, r in runs.items():
+        strata = [np.flatnonzero((r.stratum == value).to_numpy()) for value in sorted(r.stratum.unique())]
+        arrays[name] = (r[kl].to_numpy(float), r[metric].to_numpy(float), strata, fit_degree(len(strata)))
+    point = {name: _predict(fit_curve(x, y, degree), levels) for name, (x, y, _, degree) in arrays.items()}
+    rng = np.random.default_rng(seed)
+    draws = np.array([_resampled_fit(*arrays[family], levels, rng) - _resampled_fit(*arrays[other], levels, rng)
+                      for _ in range(n_boot)])
+    degrees = {name: value[3] for name, value in arrays.items()}
+    lower, upper = np.quantile(draws, [0.5 - level / 2, 0.5 + level / 2], axis=0)
+    return pd.DataFrame([{**base, "kl": float(k), "fit_degree": degrees[family], "vs_fit_degree": degrees[other],
+                          metric: float(point[family][j]), f"vs_{metric}": float(point[other][j]),
+                          "diff": float(point[family][j] - point[other][j]), "lower": float(lower[j]),
+                          "upper": float(upper[j]), "excludes_zero": bool(lower[j] > 0 or upper[j] < 0), "note": ""}
+                         for j, k in enumerate(levels)])

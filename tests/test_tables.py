@@ -1,0 +1,114 @@
+"""salsa.tables on synthetic frames: which methods are compared, how, and what summary.md says."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from salsa import tables
+
+
+def run_frame(values: dict, replicate_prefix: str = "") -> pd.DataFrame:
+    """{method: [gold per seed]} -> rows as collect_rows makes them (kl_sft_id grows with the seed)."""
+    rows = []
+    for method, golds in values.items():
+        for seed, gold in enumerate(golds, start=1):
+            model = f"{replicate_prefix}ppo/{method}/seed{seed}"
+            rows.append({"model": model, **tables.parse_model_id(model), "gold_id": gold,
+                         "kl_sft_id": 1.0 + 0.1 * seed})
+    return pd.DataFrame(rows)
+
+
+def test_model_ids_with_and_without_an_outer_replicate():
+    assert tables.parse_model_id("ppo/salsa-kl_coef0.1/seed2") == {
+        "kind": "ppo", "method": "salsa-kl_coef0.1", "seed": "2", "replicate": "1"}
+    assert tables.parse_model_id("rep3/sft/seed1")["replicate"] == "3"
+    with pytest.raises(tables.artifacts.StageError):
+        tables.parse_model_id("rep3/ppo/salsa")
+
+
+def test_each_method_is_compared_at_its_own_sweep_value_and_paired_by_seed():
+    frame = run_frame({"ppo-kl_coef0.05": [0.70, 0.72, 0.74], "ppo-kl_coef0.1": [0.60, 0.61, 0.65],
+                       "salsa-kl_coef0.05": [0.71, 0.74, 0.75], "salsa-kl_coef0.1": [0.70, 0.70, 0.75]})
+    comparisons = tables.compare_methods(frame, "ppo-kl_coef0.05", ["gold_id", "kl_sft_id"])
+    gold = comparisons[comparisons.metric == "gold_id"].set_index("method")
+    assert gold.loc["salsa-kl_coef0.1", "vs"] == "ppo-kl_coef0.1"
+    assert gold.loc["salsa-kl_coef0.05", "vs"] == "ppo-kl_coef0.05"
+    assert gold.loc["ppo-kl_coef0.1", "vs"] == "ppo-kl_coef0.05"
+    # salsa-kl_coef0.1 - ppo-kl_coef0.1 per seed: 0.10, 0.09, 0.10 -> paired, mean 0.096667
+    assert gold.loc["salsa-kl_coef0.1", "diff"] == pytest.approx(0.0966667, abs=1e-6)
+    assert gold.loc["salsa-kl_coef0.1", "test"] == "paired (n=3)"
+    # the family is every finite comparison in the table; kl_sft_id differences are exactly 0 -> not tests
+    assert comparisons.p.notna().sum() == 3 and comparisons.p_holm.notna().sum() == 3
+    smallest = gold.p.idxmin()
+    assert gold.loc[smallest, "p_holm"] == pytest.approx(min(1.0, 3 * gold.loc[smallest, "p"]))
+
+
+def test_unshared_seeds_fall_back_to_welch():
+    frame = run_frame({"ppo": [0.70, 0.72, 0.74], "salsa": [0.71, 0.74]})
+    comparisons = tables.compare_methods(frame, "ppo", ["gold_id"])
+    assert comparisons.test.item() == "welch (n=2)"
+
+
+def test_replicates_become_the_unit_of_the_interval():
+    parts = [run_frame({"ppo": [0.60 + r / 10, 0.62 + r / 10], "salsa": [0.65 + r / 10, 0.66 + r / 9]}, f"rep{r}/")
+             for r in (1, 2, 3)]
+    frame = pd.concat(parts, ignore_index=True)
+    comparisons = tables.compare_methods(frame, "ppo", ["gold_id"])
+    assert comparisons.test.item() == "replicates (n=3)" and comparisons.replicates.item() == 3
+    assert comparisons.var_between.item() >= 0 and comparisons.var_within.item() > 0
+    agg = tables.aggregate(frame).set_index("method")
+    assert agg.loc["salsa", "replicates"] == 3 and agg.loc["salsa", "seeds"] == 2
+    # mean over replicate means, t over 3 replicates (df 2)
+    means = [(0.65 + r / 10 + 0.66 + r / 9) / 2 for r in (1, 2, 3)]
+    assert agg.loc["salsa", "gold_id"] == pytest.approx(sum(means) / 3)
+    sd = pd.Series(means).std()
+    assert agg.loc["salsa", "gold_id_ci"] == pytest.approx(4.3026527 * sd / math.sqrt(3), abs=1e-6)
+
+
+def test_prompt_intervals_per_split():
+    samples = [{"split": "id", "gold": float(i % 2), "proxy": 0.0, "length": i % 3, "kl_sft": 0.0}
+               for i in range(200)] + [{"split": "ood", "gold": 1.0, "proxy": 0.0, "length": 2} for _ in range(10)]
+    ci = tables.prompt_intervals(samples, n_boot=500, seed=0)
+    assert 0.05 < ci["gold_id_ci"] < 0.09  # binomial se 0.035 -> about 0.069
+    assert ci["gold_ood_ci"] == 0.0 and ci["proxy_id_ci"] == 0.0
+    assert 0.04 < ci["empty_id_ci"] < 0.08  # a third of the lengths are 0
+    assert "kl_sft_ood_ci" not in ci
+
+
+def test_summary_states_family_size_power_and_matched_kl():
+    frame = run_frame({"ppo": [0.70, 0.72, 0.74], "salsa": [0.73, 0.74, 0.78]})
+    config = tables.TablesConfig(results="r", models=list(frame.model), out="o", n_boot=100)
+    comparisons = tables.compare_methods(frame, "ppo", tables.shown_metrics(frame))
+    matched = tables.matched_kl_frame(frame, "ppo", 100, 0)
+    markdown = tables.render_markdown(frame, tables.aggregate(frame), comparisons, matched, config)
+    assert "PPO methods over seeds" in markdown
+    assert "Holm-adjusted p < 0.05 over the family of all 1 comparisons" in markdown
+    assert "## Power" in markdown and "Halving it takes" in markdown
+    assert "## Gold at matched KL" in markdown and len(matched) == 5
+
+
+def test_single_models_are_compared_on_the_same_prompts(tmp_path):
+    import json
+
+    gold = {"sft/seed1": [1.0, 0.0, 1.0, 0.0], "sft/seed2": [1.0, 1.0, 1.0, 0.0], "soup/uniform": [1.0, 1.0, 1.0, 1.0]}
+    for model, values in gold.items():
+        (tmp_path / "eval" / model).mkdir(parents=True)
+        # the rows are written in a different prompt order per model: pairing must follow the prompt
+        rows = [{"split": "id", "prompt": f"p{i}", "gold": v} for i, v in enumerate(values)]
+        rows = rows[::-1] if model == "soup/uniform" else rows
+        (tmp_path / "eval" / model / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    frame = pd.DataFrame([{"model": m, **tables.parse_model_id(m)} for m in gold])
+    result = tables.single_model_differences(tmp_path, frame, n_boot=200, seed=0).set_index(["model", "vs"])
+    assert set(result.index) == {("soup/uniform", "sft/seed1"), ("soup/uniform", "sft/seed2"),
+                                 ("sft/seed2", "sft/seed1")}
+    assert result.loc[("soup/uniform", "sft/seed1"), "diff"] == 0.5
+    assert result.loc[("soup/uniform", "sft/seed2"), "diff"] == 0.25
+    assert result.loc[("sft/seed2", "sft/seed1"), "prompts"] == 4
+
+
+def test_a_single_method_has_nothing_to_compare():
+    frame = run_frame({"ppo": [0.70, 0.72, 0.74]})
+    assert tables.compare_methods(frame, "ppo", ["gold_id"]).empty
+    with pytest.raises(tables.artifacts.StageError, match="ppo-kl_coef0.1"):  # a typo is refused
+        tables.compare_methods(frame, "ppo-kl_coef0.1", ["gold_id"])
