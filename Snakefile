@@ -1,6 +1,7 @@
 # SALSA: RLHF with a model-soup KL reference, compared with a plain SFT reference.
 # data -> base model -> SFT x seeds -> soup -> reward model -> PPO -> evaluate -> tables
 import os
+import sys
 
 from snakemake.utils import min_version, validate
 
@@ -11,6 +12,14 @@ configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
 validate(config, "config/schema.yaml")
+# What the schema cannot say (model names, sweeps, soup weights, paths): refused before any job.
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from salsa.config_check import ConfigError, check_config
+
+try:
+    check_config(config, os.path.join(workflow.basedir, "config/schema.yaml"))
+except ConfigError as err:
+    sys.exit(str(err))
 
 
 include: "rules/common.smk"

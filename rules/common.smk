@@ -11,7 +11,7 @@ EXPERIMENT = config["experiment"]
 RESULTS = f"results/{EXPERIMENT}"
 THREADS = config.get("threads", 1)
 CLI_EXCLUDED = {"seeds", "extra", "methods", "params", "sweep", "init", "reference", "normalize_policy",
-                "data_subsets", "pair"}
+                "data_subsets", "pair", "checkpoint_every"}  # checkpoint_every: a resource (checkpointing())
 # Outer replicates (config `replicates: [1, 2]`): replicate r redraws the SFT pair and the reward model,
 # and its models are rep<r>/sft/seed1, rep<r>/soup/uniform, rep<r>/ppo/<method>/seed<N> under results/<exp>/rep<r>/.
 # Without the key there is one replicate and ids carry no prefix. Data and base model are shared.
@@ -33,8 +33,10 @@ def result(*parts):
 
 
 def src(*modules):
-    """Stage sources as inputs: editing a module reruns the stages that import it."""
-    return [os.path.join(workflow.basedir, "src", "salsa", m.replace(".", "/") + ".py") for m in modules]
+    """Stage sources as inputs: editing a module reruns the stages that import it. Relative to the
+    working directory, so moving the checkout (with its results/) reruns nothing."""
+    return [os.path.relpath(os.path.join(workflow.basedir, "src", "salsa", m.replace(".", "/") + ".py"))
+            for m in modules]
 
 
 def cli(params, skip=()):
@@ -53,6 +55,14 @@ def cli(params, skip=()):
     return shlex.join(flags)
 
 
+def tracking(*run):
+    """Tracker flags of a training stage (config `report_to`); empty when off, so commands stay unchanged."""
+    if not config.get("report_to"):
+        return ""
+    return " " + cli({"report_to": config["report_to"], "tracking_dir": result("tracking"),
+                      "run_name": "/".join(map(str, run))})
+
+
 def resources_for(stage, key, default=None):
     table = config.get("resources", {})
     value = table.get(stage, {}).get(key, table.get("default", {}).get(key))
@@ -65,27 +75,46 @@ DATA_PARALLEL = {"base_model": "base", "sft": "sft", "reward_model": "reward", "
 SINGLE_PROCESS = {"evaluate": "evaluate", "prepare_data": "data"}
 
 
+def checkpointing(stage):
+    """The stage's checkpoint interval, passed as a resource: params are a rerun trigger, resources are not."""
+    block = config["ppo"].get("params", {}) if stage == "ppo" else config.get(stage, {})
+    return int(block.get("checkpoint_every", 0))
+
+
 def launcher(stage, salsa_module=None):
-    """`python -m salsa.<module>`, or `accelerate launch` over N processes when the stage asks for N > 1 GPUs."""
+    """`exec python -m salsa.<module>`, or `exec accelerate launch` over N processes when the stage asks for
+    N > 1 GPUs. `exec`: the stage replaces the job's shell, so killing the job kills the stage."""
     salsa_module = salsa_module or DATA_PARALLEL.get(stage) or SINGLE_PROCESS[stage]
+    every = " --checkpoint-every {resources.checkpoint_every}" if stage in DATA_PARALLEL else ""
     gpus = int(resources_for(stage, "gpus", 0))
     if gpus <= 1:
-        return f"python -m salsa.{salsa_module}"
+        return f"exec python -m salsa.{salsa_module}{every}"
     if stage not in DATA_PARALLEL:
         raise ValueError(f"resources.{stage}.gpus: {stage} runs in one process; use gpus 0 or 1")
     name = resources_for(stage, "accelerate_config", "ddp")
     path = name if name.endswith(".yaml") else os.path.join(workflow.basedir, "config", "accelerate", f"{name}.yaml")
-    return shlex.join(["accelerate", "launch", "--config_file", path, "--num_processes", str(gpus),
-                       "-m", f"salsa.{salsa_module}"])
+    return "exec " + shlex.join(["accelerate", "launch", "--config_file", path, "--num_processes", str(gpus),
+                                 "-m", f"salsa.{salsa_module}"]) + every
 
 
 def stage_resources(stage):
-    """A rule's resources: memory, time, GPUs (`gpu`, which the SLURM plugin turns into --gpus) and SLURM extras."""
-    table = {"mem_mb": resources_for(stage, "mem_mb"), "runtime": resources_for(stage, "runtime"),
-             "gpu": int(resources_for(stage, "gpus", 0))}
+    """A rule's resources: memory, time, GPUs (`gpu`, which the SLURM plugin turns into --gpus) and SLURM extras.
+
+    Each key comes from resources.<stage>, then, for a stage that asks for no GPU, resources.cpu
+    (e.g. a CPU partition), then resources.default; keys set nowhere are left to the profile.
+    """
+    gpus = int(resources_for(stage, "gpus", 0))
+    cpu_block = config.get("resources", {}).get("cpu", {}) if gpus == 0 else {}
+
+    def lookup(key):
+        own = config.get("resources", {}).get(stage, {}).get(key)
+        return own if own is not None else cpu_block.get(key, resources_for(stage, key))
+
+    table = {"mem_mb": lookup("mem_mb"), "runtime": lookup("runtime"), "gpu": gpus}
     for key in ("slurm_partition", "slurm_account", "gpu_model", "slurm_extra", "cpus_per_task"):
-        if resources_for(stage, key) is not None:
-            table[key] = resources_for(stage, key)
+        table[key] = lookup(key)
+    if stage in DATA_PARALLEL:
+        table["checkpoint_every"] = checkpointing(stage)
     return {k: v for k, v in table.items() if v is not None}
 
 

@@ -71,7 +71,7 @@ rule fetch_benchmark:
     conda:
         "../envs/salsa.yaml"
     shell:
-        "python -m salsa.benchmarks.fetch --benchmark {wildcards.benchmark} {params.source} --out {output}"
+        "exec python -m salsa.benchmarks.fetch --benchmark {wildcards.benchmark} {params.source} --out {output}"
         " > {log} 2>&1"
 
 
@@ -140,6 +140,6 @@ rule evaluate_judge:
     conda:
         conda_env("bench_judge")
     shell:
-        "python -m salsa.benchmarks.judge --answers {input.answers} --benchmark {wildcards.benchmark}"
+        "exec python -m salsa.benchmarks.judge --answers {input.answers} --benchmark {wildcards.benchmark}"
         " --judge {params.judge} --data-dir {input.data} --out {output} --seed {params.seed}"
         " --threads {threads} {params.baseline} {params.judge_model} {params.args} > {log} 2>&1"

@@ -5,7 +5,7 @@ rule base_model:
     output:
         directory(result("base_model")),
     params:
-        args=cli(config["base_model"]),
+        args=cli(config["base_model"]) + tracking("base_model"),
     threads: THREADS
     log:
         result("logs", "base_model.log"),
@@ -29,7 +29,7 @@ rule sft:
         directory(result("{rp}sft", "{sft}")),
     params:
         model=base_model_path(),
-        args=lambda w: cli(sft_settings(w.sft, wildcard_replicate(w.rp))),
+        args=lambda w: cli(sft_settings(w.sft, wildcard_replicate(w.rp))) + tracking(w.rp + "sft", w.sft),
     threads: THREADS
     log:
         result("logs", "{rp}sft", "{sft}.log"),
@@ -62,5 +62,5 @@ rule soup:
     conda:
         "../envs/salsa.yaml"
     shell:
-        "python -m salsa.soup --inputs {input.ingredients} --weights {params.weights} --out {output}"
+        "exec python -m salsa.soup --inputs {input.ingredients} --weights {params.weights} --out {output}"
         " > {log} 2>&1"

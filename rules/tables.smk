@@ -24,8 +24,10 @@ rule tables:
         out=result("tables"),
     log:
         result("logs", "tables.log"),
+    resources:
+        **stage_resources("tables"),
     conda:
         "../envs/salsa.yaml"
     shell:
-        "python -m salsa.tables --results {RESULTS} --models {params.models} --baseline {params.baseline}"
+        "exec python -m salsa.tables --results {RESULTS} --models {params.models} --baseline {params.baseline}"
         " --reference-method {params.reference_method} --out {params.out} > {log} 2>&1"

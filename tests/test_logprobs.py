@@ -28,7 +28,7 @@ def test_sampled_token_logprobs_equal_response_logprobs(tiny):
         with torch.no_grad():
             scored = response_logprobs(model, rollout.input_ids, rollout.attention_mask, ids.shape[1], temperature)
         response_mask = rollout.response_mask.bool()
-        torch.testing.assert_close(rollout.sampled_logprobs[response_mask], scored[response_mask],
+        torch.testing.assert_close(rollout.logprobs[response_mask], scored[response_mask],
                                    atol=1e-5, rtol=0)
 
 

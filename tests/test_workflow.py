@@ -117,3 +117,29 @@ def test_tiny_workflow_end_to_end_then_caching(tmp_path):
     rules = scheduled_rules(changed.stdout)
     assert rules.get("ppo") == 8
     assert set(rules) - {"all"} <= {"ppo", "evaluate", "evaluate_answers", "evaluate_judge", "tables"}, rules
+
+
+def test_a_moved_checkout_reruns_nothing(tmp_path):
+    """Source inputs are relative paths: a finished job stays finished after `mv checkout elsewhere`."""
+    import shutil
+
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("Snakefile", "rules", "config", "envs", "src"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        copy(REPO / name, checkout / name)
+    (checkout / "tests" / "config").mkdir(parents=True)
+    shutil.copy2(TINY, checkout / "tests" / "config")
+
+    def run(where: Path, *args: str) -> str:
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "results/tiny/data", "--cores", "1", *args,
+                               "--configfile", "config/config.yaml", "tests/config/tiny.yaml"],
+                              cwd=where, capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return proc.stdout + proc.stderr
+
+    run(checkout)
+    assert (checkout / "results" / "tiny" / "data" / "task.json").exists()
+    moved = shutil.move(checkout, tmp_path / "moved")
+    assert "Nothing to be done" in run(Path(moved), "-n")

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -66,15 +67,27 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | Path, payload: Any) -> None:
-    """Write JSON atomically (temp file in the same directory, then rename)."""
+@contextlib.contextmanager
+def atomic_text_file(path: str | Path, prefix: str | None = None):
+    """A text handle on a temp file beside `path`, renamed onto it only when the block ends without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
+    fd, tmp = tempfile.mkstemp(prefix=prefix or f".{path.name}.", dir=path.parent)
+    honour_umask(fd)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write JSON atomically (temp file in the same directory, then rename)."""
+    with atomic_text_file(path) as handle:
         json.dump(to_jsonable(payload), handle, indent=2, sort_keys=False)
         handle.write("\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: str | Path) -> Any:
@@ -103,12 +116,34 @@ def write_metadata(directory: str | Path, stage: str, config: Any, seed: int | N
     write_json(Path(directory) / METADATA_FILE, payload)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(fd: int) -> None:
+    """Give a mkstemp file the mode a plain open() would: mkstemp's 0600 hides results from the user's group."""
+    os.fchmod(fd, 0o666 & ~_umask())
+
+
+def _fresh_dir(parent: Path, prefix: str) -> Path:
+    """Like mkdtemp, but with the permissions the user's umask gives (mkdtemp's 0700 hides shared results)."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``final`` only on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = _fresh_dir(final.parent, f".{final.name}.tmp-")
     try:
         yield tmp
     except BaseException:
@@ -117,6 +152,67 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+def load_split(path: str | Path, columns: tuple[str, ...] = ()) -> Any:
+    """A dataset split saved with save_to_disk, or a StageError naming the file at fault.
+
+    Emptiness is read from state.json before loading: datasets cannot load an empty
+    split it saved itself, so a check after loading would never be reached.
+    """
+    path = Path(path)
+    state = path / "state.json"
+    if not state.is_file():
+        raise StageError(f"{path}: not a dataset saved with save_to_disk (no state.json)")
+    files = [path / entry.get("filename", "") for entry in read_json(state).get("_data_files") or []]
+    if not files:
+        raise StageError(f"{path}: empty split (no rows)")
+    for file in files:
+        if not file.is_file():
+            raise StageError(f"{file}: data file missing")
+    from datasets import load_from_disk
+
+    try:
+        dataset = load_from_disk(str(path))
+    except Exception as err:  # pyarrow and datasets raise many types for a damaged file
+        culprit = _unreadable_arrow_file(files) or path
+        raise StageError(f"{culprit}: cannot load dataset ({str(err).splitlines()[0]})") from None
+    if len(dataset) == 0:
+        raise StageError(f"{path}: empty split (no rows)")
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise StageError(f"{path}: missing column(s) {missing} (has {dataset.column_names})")
+    return dataset
+
+
+def _unreadable_arrow_file(files: list[Path]) -> Path | None:
+    import pyarrow as pa
+
+    for file in files:
+        try:
+            with pa.memory_map(str(file)) as source:
+                pa.ipc.open_stream(source).read_all()
+        except Exception:
+            return file
+    return None
+
+
+def check_safetensors(directory: str | Path) -> None:
+    """Refuse a truncated or damaged .safetensors file by its header, before a loader meets it."""
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        size = file.stat().st_size
+        try:
+            with open(file, "rb") as handle:
+                header_size = int.from_bytes(handle.read(8), "little")
+                if size < 8 or header_size > size - 8:
+                    raise ValueError("header runs past the end of the file")
+                header = json.loads(handle.read(header_size))
+            data_end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+            raise StageError(f"{file}: damaged safetensors file ({err})") from None
+        if 8 + header_size + data_end != size:
+            raise StageError(f"{file}: truncated or damaged safetensors file ({size} bytes, the header "
+                             f"describes {8 + header_size + data_end})")
 
 
 def seed_everything(seed: int) -> None:

@@ -85,11 +85,11 @@ def evaluate_split(prompts, categories, model, tokenizer, reward_model, norm, ot
 
 
 def main(argv: list[str] | None = None) -> None:
-    from datasets import load_from_disk
-
     config = parse(EvaluateConfig, argv)
     artifacts.set_threads(config.threads)
     artifacts.seed_everything(config.seed)
+    splits = {split: artifacts.load_split(f"{config.data}/{directory}", ("prompt",))
+              for split, directory in SPLITS.items()}  # before the models: a bad split fails in a second
     device = default_device()
     tokenizer = load_tokenizer(config.model)
     model = load_causal_lm(config.model, config.dtype).to(device).eval()
@@ -103,12 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     gold = gold_judge(config.data)
     generator = torch.Generator().manual_seed(config.seed)
     metrics, all_records = {}, []
-    for split, directory in SPLITS.items():
-        path = f"{config.data}/{directory}"
-        try:
-            dataset = load_from_disk(path)
-        except FileNotFoundError:
-            raise artifacts.StageError(f"{path}: evaluation split not found") from None
+    for split, dataset in splits.items():
         prompts = list(dataset["prompt"])
         categories = list(dataset["category"]) if "category" in dataset.column_names else ["all"] * len(prompts)
         if config.max_prompts:

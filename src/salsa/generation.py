@@ -2,7 +2,9 @@
 
 Plain sampling by default (top-k 0, top-p 1): PPO's importance ratios assume
 the rollout distribution is exactly softmax(logits / temperature), which any
-truncation of the vocabulary would break.
+truncation of the vocabulary would break. Callers sample under the autocast
+they later score under, and each rollout keeps the log-prob every token had
+when it was drawn, so the two can be compared.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class Rollout:
     response_ids: torch.Tensor     # [B, R] pad after the first EOS
     response_mask: torch.Tensor    # [B, R] 1 up to and including the EOS
     ended_with_eos: torch.Tensor   # [B] bool
-    sampled_logprobs: torch.Tensor | None = None  # [B, R] log-prob of each sampled token when it was drawn
+    logprobs: torch.Tensor | None = None  # [B, R] each token's log-prob when drawn (0 after EOS)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -100,13 +102,13 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_
                 logits_to_keep=1)
     next_position = position_ids[:, -1:] + 1
     finished = torch.zeros(query_ids.shape[0], dtype=torch.bool, device=query_ids.device)
-    tokens, logprobs = [], []
+    tokens, token_logprobs = [], []
     for step in range(max_new_tokens):
         logits = out.logits[:, -1, :].float()
         if greedy:
             token = logits.argmax(-1)
         else:
-            logits = _filter_logits(logits / temperature, top_k, top_p)
+            logits = _filter_logits(logits / temperature, top_k, top_p)  # the distribution sampled from
             probs = logits.softmax(-1)
             if generator is not None and generator.device != probs.device:  # a CPU generator with a GPU model
                 token = torch.multinomial(probs.to(generator.device), 1, generator=generator)
@@ -115,9 +117,7 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         token = token.masked_fill(finished, pad_id)
         tokens.append(token)
-        # what PPO's old log-probs must reproduce: log softmax(logits / T) of the token drawn (0 for greedy)
-        logprobs.append(logits.log_softmax(-1).gather(1, token[:, None]).squeeze(1) if not greedy
-                        else torch.zeros_like(token, dtype=logits.dtype))
+        token_logprobs.append(logits.log_softmax(-1).gather(-1, token[:, None]).squeeze(1))
         finished |= token == eos_id
         if finished.all() or step == max_new_tokens - 1:
             break
@@ -127,8 +127,8 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_
         next_position = next_position + 1
     response = torch.stack(tokens, 1)
     response, response_mask, ended = truncate_after_eos(response, eos_id, pad_id)
-    return Rollout(query_ids, query_mask, response, response_mask, ended,
-                   torch.stack(logprobs, 1) * response_mask)
+    logprobs = torch.stack(token_logprobs, 1).masked_fill(response_mask == 0, 0.0)
+    return Rollout(query_ids, query_mask, response, response_mask, ended, logprobs)
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:

@@ -142,7 +142,10 @@ def load_rows(source: str, split: str) -> Rows:
     if path.is_dir() and any((path / name).exists() for name in ("dataset_dict.json", "state.json")):
         from datasets import DatasetDict, load_from_disk
 
-        dataset = load_from_disk(str(path))
+        try:
+            dataset = load_from_disk(str(path))
+        except Exception as err:  # an empty or damaged split: one line, not a pyarrow traceback
+            raise StageError(f"{path}: cannot load dataset ({str(err).splitlines()[0]})") from None
         if isinstance(dataset, DatasetDict):
             if split not in dataset:
                 raise StageError(f"{path}: no split {split!r} (has {sorted(dataset)})")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 
-from salsa.artifacts import StageError
+from salsa.artifacts import StageError, check_safetensors
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -25,6 +26,45 @@ def torch_dtype(name: str | None) -> torch.dtype | None:
         return DTYPES[name]
     except KeyError:
         raise StageError(f"dtype: unknown {name!r}; choose from {sorted(DTYPES)}") from None
+
+
+# accelerate's autocast mode implied by low-precision weights when none is configured
+AUTOCAST_FOR_DTYPE = {"bfloat16": "bf16", "float16": "fp16"}
+
+
+def mixed_precision_mode(dtype: str | None, mixed_precision: str = "no") -> str:
+    """The autocast a training stage runs under: the configured one, else the one its weights' dtype implies.
+
+    Trainable weights are kept in fp32 (``keep_trainable_in_fp32``), so bf16 weights without autocast
+    would silently train in fp32; bf16 weights under fp16 autocast (or the reverse) is refused.
+    """
+    implied = AUTOCAST_FOR_DTYPE.get(dtype or "", "no")
+    if mixed_precision in (None, "", "no"):
+        return implied
+    if implied != "no" and implied != mixed_precision:
+        raise StageError(f"dtype {dtype} with mixed_precision {mixed_precision}: use mixed_precision {implied}")
+    return mixed_precision
+
+
+def keep_trainable_in_fp32(model, accelerator=None) -> int:
+    """fp32 master weights: upcast trainable parameters loaded in bf16/fp16; frozen ones stay as loaded.
+
+    Adam moves each weight by about the learning rate per step; bf16 keeps 8 significant bits, so a
+    step below w * 2**-9 rounds away and a 1e-5 step leaves every weight above ~0.005 where it was.
+    Compute still runs in low precision under autocast. DeepSpeed keeps fp32 master copies itself
+    (from the model in bf16), so there nothing is cast. Returns the number of parameters upcast.
+    """
+    if accelerator is not None:
+        from accelerate.utils import DistributedType
+
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return 0
+    upcast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
+            upcast += param.numel()
+    return upcast
 
 
 # For tokenizers that ship without one (base Llama-2 / Mistral checkpoints): the Zephyr
@@ -79,7 +119,8 @@ def resolve_model_path(name_or_path: str) -> str:
     if os.path.isdir(name_or_path):
         return name_or_path
     if name_or_path.startswith((".", "/")) or os.sep in name_or_path.rstrip("/").split("/", 1)[-1]:
-        raise StageError(f"{name_or_path}: model directory not found")
+        raise StageError(f"{name_or_path}: model directory not found (a Hub model is named ORG/NAME, "
+                         "without a leading ./ or /)")
     return name_or_path
 
 
@@ -90,8 +131,11 @@ def _from_pretrained(auto_class, spec: str, what: str, **kwargs):
         if gguf:
             loaded = auto_class.from_pretrained(gguf[0], gguf_file=gguf[1], **kwargs)
             return _forget_gguf_quantization(loaded)
-        return auto_class.from_pretrained(resolve_model_path(spec), **kwargs)
-    except (OSError, ValueError) as err:
+        path = resolve_model_path(spec)
+        if os.path.isdir(path):
+            check_safetensors(path)
+        return auto_class.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, SafetensorError) as err:
         raise StageError(f"{spec}: cannot load {what} ({str(err).splitlines()[0]})") from None
 
 
@@ -115,6 +159,32 @@ def load_tokenizer(path: str):
     if not tokenizer.chat_template:
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     return tokenizer
+
+
+def check_same_tokenizer(tokenizer, path: str, other_path: str) -> None:
+    """Refuse a model whose tokenizer would read the policy's token ids differently.
+
+    PPO scores the policy's token ids with the reference, value and reward models as they are,
+    so their vocabularies and special-token ids must be the policy's.
+    """
+    if same_path(path, other_path):
+        return
+    other = load_tokenizer(other_path)
+    problems = []
+    vocab, other_vocab = tokenizer.get_vocab(), other.get_vocab()
+    if vocab != other_vocab:
+        changed = sorted(set(vocab.items()) ^ set(other_vocab.items()), key=lambda item: item[1])
+        problems.append(f"vocabularies differ ({len(vocab)} vs {len(other_vocab)} tokens, "
+                        f"first difference {changed[0][0]!r})")
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        if getattr(tokenizer, name, None) != getattr(other, name, None):
+            problems.append(f"{name} {getattr(tokenizer, name, None)} vs {getattr(other, name, None)}")
+    if problems:
+        raise StageError(f"{other_path}: tokenizer does not match {path}'s: {'; '.join(problems)}")
+
+
+def same_path(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b) if os.path.exists(a) and os.path.exists(b) else a == b
 
 
 def load_causal_lm(path: str, dtype: str | None = None):
@@ -190,7 +260,9 @@ def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
-    return score_head(model)(hidden).squeeze(-1).float()
+    head = score_head(model)
+    with torch.autocast(hidden.device.type, enabled=False):  # the scalar head runs in its own (fp32) dtype
+        return head(hidden.to(next(head.parameters()).dtype)).squeeze(-1).float()
 
 
 def response_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, query_length: int) -> torch.Tensor:

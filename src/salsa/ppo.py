@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -31,8 +30,9 @@ import torch
 from salsa import artifacts, training
 from salsa.args import arg, parse
 from salsa.generation import Rollout, decode_responses, encode_prompts, sample
-from salsa.modeling import (disable_dropout, load_causal_lm, load_reward_model, load_tokenizer,
-                            response_logprobs, response_values, save_model, score_head, sequence_scores)
+from salsa.modeling import (check_same_tokenizer, disable_dropout, keep_trainable_in_fp32, load_causal_lm,
+                            load_reward_model, load_tokenizer, mixed_precision_mode, response_logprobs,
+                            response_values, same_path, save_model, score_head, sequence_scores)
 from salsa.ppo_math import (AdaptiveKLController, FixedKLController, generalized_advantages, kl_per_token,
                             masked_mean, masked_whiten, policy_loss, token_rewards, value_loss)
 from salsa.reward import load_normalization
@@ -84,6 +84,9 @@ class PPOConfig:
     rollout_samples: int = arg(16, help="rollouts written to rollouts.jsonl at the first and last update")
     checkpoint_every: int = arg(0, help="save a resumable checkpoint every N updates (0 = never)")
     threads: int = arg(0, help="torch CPU threads (0 = torch default)")
+    report_to: list[str] = arg([], help="experiment trackers: tensorboard, wandb (none by default)")
+    tracking_dir: str = arg("", help="tracking logs root (default: <out>.tracking next to the output)")
+    run_name: str = arg("", help="run name in the trackers (default: the output directory's name)")
 
     def validate(self) -> None:
         if self.batch_size % self.mini_batch_size:
@@ -92,20 +95,18 @@ class PPOConfig:
             raise ValueError("updates and ppo_epochs must be positive")
 
 
-def same_checkpoint(a: str, b: str) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b) if os.path.exists(a) and os.path.exists(b) else a == b
-
-
 class Reference:
     """Reference log-probs: a frozen model, or the policy with its LoRA adapter disabled."""
 
     def __init__(self, config: PPOConfig, policy, accelerator):
         self.policy = policy
         self.accelerator = accelerator  # the reference runs under the policy's autocast: no spurious KL
-        self.uses_disabled_adapter = config.lora_r > 0 and same_checkpoint(config.policy, config.reference)
+        self.uses_disabled_adapter = config.lora_r > 0 and same_path(config.policy, config.reference)
         self.model = None
         if not self.uses_disabled_adapter:
             self.model = load_causal_lm(config.reference, config.dtype).to(accelerator.device).eval()
+            if config.lora_r == 0:  # a fully trained policy holds fp32 weights: so does its reference, or
+                self.model.to(next(policy.parameters()).dtype)  # KL(init || init) is not 0 in bf16
             disable_dropout(self.model)
             self.model.requires_grad_(False)
 
@@ -141,16 +142,7 @@ class PolicyAndValue(torch.nn.Module):
 
 
 def load_prompts(data: str) -> list[str]:
-    from datasets import load_from_disk
-
-    path = f"{data}/ppo_prompts"
-    try:
-        prompts = list(load_from_disk(path)["prompt"])
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        raise artifacts.StageError(f"{path}: needs a dataset with a `prompt` column ({err})") from None
-    if not prompts:
-        raise artifacts.StageError(f"{path}: no prompts")
-    return prompts
+    return list(artifacts.load_split(f"{data}/ppo_prompts", ("prompt",))["prompt"])
 
 
 def gold_judge(data: str):
@@ -168,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     config = parse(PPOConfig, argv)
     artifacts.set_threads(config.threads)
     artifacts.seed_everything(config.seed)
-    accelerator = training.make_accelerator(config.mixed_precision, config.seed)
+    accelerator = training.make_accelerator(mixed_precision_mode(config.dtype, config.mixed_precision), config.seed,
+                                            training.experiment_trackers(config))
     if training.shards_weights(accelerator):  # each process samples its own rollouts: no weight sharding
         raise artifacts.StageError("ppo: use the ddp accelerate config (with lora_r for 7B models), "
                                    "not ZeRO-3/FSDP")
@@ -177,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
                                    f"{config.mini_batch_size} x {accelerator.num_processes} processes")
     device = accelerator.device
     tokenizer = load_tokenizer(config.policy)
+    for other in (config.reference, config.reward_model, config.value_model):  # all read the policy's ids
+        if other:
+            check_same_tokenizer(tokenizer, config.policy, other)
     prompts = load_prompts(config.data)
     gold = gold_judge(config.data)
     score_mean, score_std = load_normalization(config.reward_model)
@@ -195,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         backbone = getattr(value_model, value_model.base_model_prefix)
         setattr(value_model, value_model.base_model_prefix, get_peft_model(backbone, LoraConfig(
             r=config.value_lora_r, lora_alpha=config.lora_alpha, target_modules=list(config.lora_target_modules))))
+    keep_trainable_in_fp32(policy, accelerator)  # LoRA: the adapter only; the frozen base stays as loaded
+    keep_trainable_in_fp32(value_model, accelerator)  # the value head (and trained backbone) in fp32
     value_offset = 0.0
     if not config.value_model:  # start the values on the normalised reward's scale
         with torch.no_grad():
@@ -224,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         sampler.set_state(torch.load(training.resume_file(config.out, "sampler.pt")))
     prompt_batches = training.batch_indices(len(prompts), config.batch_size, config.seed, start)
     bar = training.progress(config.updates, start, "ppo", disable=not accelerator.is_main_process)
+    training.start_tracking(accelerator, config, "ppo", resumed=start > 0)
     started = time.time()
 
     for update in range(start, config.updates):
@@ -232,9 +231,10 @@ def main(argv: list[str] | None = None) -> None:
         batch_prompts = [prompts[int(i)] for i in training.shard_for_process(next(prompt_batches), accelerator)]
         query_ids, query_mask = encode_prompts(tokenizer, batch_prompts, device)
         model.eval()
-        rollout = sample(unwrapped.policy, query_ids, query_mask, max_new_tokens=config.max_new_tokens,
-                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                         temperature=config.temperature, generator=sampler)
+        with accelerator.autocast():  # the autocast that scores the rollout below
+            rollout = sample(unwrapped.policy, query_ids, query_mask, max_new_tokens=config.max_new_tokens,
+                             eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                             temperature=config.temperature, generator=sampler)
         t1 = time.time()
 
         # 3. old log-probs, reference log-probs, values, scores - in the minibatch chunks the
@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> None:
                     old_logprobs[chunk] = response_logprobs(unwrapped.policy, ids[chunk], mask[chunk], q_len,
                                                             config.temperature)
                     old_values[chunk] = unwrapped.values(ids[chunk], mask[chunk], q_len)
+                    raw_scores[chunk] = sequence_scores(reward_model, ids[chunk], mask[chunk])
                 ref_logprobs[chunk] = reference.logprobs(ids[chunk], mask[chunk], q_len, config.temperature)
-                raw_scores[chunk] = sequence_scores(reward_model, ids[chunk], mask[chunk])
         scores = (raw_scores - score_mean) / score_std
         texts = decode_responses(tokenizer, rollout)
         if config.oracle_gold:
@@ -326,10 +326,13 @@ def main(argv: list[str] | None = None) -> None:
             "no_eos_fraction": per_sample["no_eos"].mean().item(),
             **{k: sum(v) / len(v) for k, v in stats.items()},  # losses: this process's minibatches
             "ratio_deviation_first_minibatch": first_ratio_deviation,
+            # sampler vs scorer: 0 up to kernel rounding when both run under the same autocast
+            "sample_logprob_gap": ((rollout.logprobs - old_logprobs).abs() * response_mask).max().item(),
             "lr": learning_rate,
             "time_generate": t1 - t0, "time_score": t2 - t1, "time_train": t3 - t2,
         }
         rows.append(row)
+        training.log_metrics(accelerator, row, update + 1)
         if update == 0 or update == config.updates - 1:
             rollout_log += _rollout_records(update + 1, batch_prompts, texts, rollout, scores, sequence_kl,
                                             ref_logprobs.sum(1), gold, config.rollout_samples)
@@ -341,6 +344,7 @@ def main(argv: list[str] | None = None) -> None:
                                      {"beta": kl_controller.beta, "rows": rows, "rollout_log": rollout_log},
                                      config, files={"sampler.pt": sampler.get_state()})
     bar.close()
+    training.end_tracking(accelerator)
 
     policy = accelerator.unwrap_model(model).policy
     if config.lora_r > 0:

@@ -10,6 +10,7 @@ same normalisation, so a given response earns the same reward in either.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 
@@ -19,8 +20,9 @@ import torch.nn.functional as F
 from salsa import artifacts, training
 from salsa.args import arg, parse
 from salsa.generation import encode_prompts, left_pad, sample
-from salsa.modeling import (disable_dropout, load_causal_lm, load_reward_model, load_tokenizer, save_model,
-                            sequence_scores)
+from salsa.modeling import (check_same_tokenizer, disable_dropout, keep_trainable_in_fp32, load_causal_lm,
+                            load_reward_model, load_tokenizer, mixed_precision_mode, save_model, sequence_scores,
+                            torch_dtype)
 
 NORMALIZATION_FILE = "reward_normalization.json"
 
@@ -48,6 +50,9 @@ class RewardConfig:
     mixed_precision: str = arg("no", help="accelerate mixed precision: no, bf16 or fp16")
     checkpoint_every: int = arg(0, help="save a resumable checkpoint every N steps (0 = never)")
     threads: int = arg(0, help="torch CPU threads (0 = torch default)")
+    report_to: list[str] = arg([], help="experiment trackers: tensorboard, wandb (none by default)")
+    tracking_dir: str = arg("", help="tracking logs root (default: <out>.tracking next to the output)")
+    run_name: str = arg("", help="run name in the trackers (default: the output directory's name)")
 
 
 def encode_pairs(tokenizer, prompts: list[str], responses: list[str]):
@@ -71,16 +76,8 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: tor
 
 
 def load_pairs(path: str, margin_column: str = "", max_examples: int = 0) -> dict[str, list]:
-    from datasets import load_from_disk
-
-    try:
-        dataset = load_from_disk(path)
-    except (FileNotFoundError, ValueError) as err:
-        raise artifacts.StageError(f"{path}: not a dataset saved with save_to_disk ({err})") from None
     needed = {"prompt", "chosen", "rejected"} | ({margin_column} if margin_column else set())
-    missing = needed - set(dataset.column_names)
-    if missing:
-        raise artifacts.StageError(f"{path}: missing column(s) {sorted(missing)}")
+    dataset = artifacts.load_split(path, tuple(sorted(needed)))
     if max_examples:
         dataset = dataset.select(range(min(max_examples, len(dataset))))
     return {name: list(dataset[name]) for name in needed}
@@ -107,8 +104,21 @@ def evaluate_pairs(model, tokenizer, pairs: dict[str, list]) -> dict:
             "pairs": len(chosen), "chosen": describe(chosen), "rejected": describe(rejected)}
 
 
+class SequenceScorer(torch.nn.Module):
+    """The reward model behind one forward(), so DDP and accelerate's autocast wrap the scores."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return sequence_scores(self.model, input_ids, attention_mask)
+
+
 @torch.no_grad()
-def normalization_stats(reward_model, tokenizer, policy_path: str, prompts: list[str], config: RewardConfig) -> dict:
+def normalization_stats(reward_model, tokenizer, policy_path: str, prompts: list[str], config: RewardConfig,
+                        autocast=contextlib.nullcontext) -> dict:
+    """``autocast``: the context PPO samples and scores its rollouts under (the stage's mixed precision)."""
     policy = load_causal_lm(policy_path, config.dtype).to(reward_model.device)
     disable_dropout(policy)
     policy.eval()
@@ -116,40 +126,47 @@ def normalization_stats(reward_model, tokenizer, policy_path: str, prompts: list
     scores = []
     for i in range(0, len(prompts), 128):  # scored on the sampled ids, exactly as PPO scores them
         ids, mask = encode_prompts(tokenizer, prompts[i:i + 128], reward_model.device)
-        rollout = sample(policy, ids, mask, max_new_tokens=config.max_new_tokens, eos_id=tokenizer.eos_token_id,
-                         pad_id=tokenizer.pad_token_id, temperature=config.temperature, generator=generator)
-        scores.append(sequence_scores(reward_model, rollout.input_ids, rollout.attention_mask).cpu())
+        with autocast():
+            rollout = sample(policy, ids, mask, max_new_tokens=config.max_new_tokens,
+                             eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                             temperature=config.temperature, generator=generator)
+            scores.append(sequence_scores(reward_model, rollout.input_ids, rollout.attention_mask).cpu())
     scores = torch.cat(scores)
     return {"mean": scores.mean().item(), "std": max(scores.std().item(), 1e-6), "samples": len(scores),
             "policy": policy_path, "temperature": config.temperature}
 
 
 def main(argv: list[str] | None = None) -> None:
-    from datasets import load_from_disk
-
     config = parse(RewardConfig, argv)
     artifacts.set_threads(config.threads)
     artifacts.seed_everything(config.seed)
     tokenizer = load_tokenizer(config.model)
+    if config.normalize_policy:  # the reward model reads the policy's token ids
+        check_same_tokenizer(tokenizer, config.model, config.normalize_policy)
     train_pairs = load_pairs(f"{config.data}/prefs_train", config.margin_column, config.max_examples)
     eval_pairs = load_pairs(f"{config.data}/prefs_eval")
+    if config.normalize_policy:  # read now: a bad split should not surface after training
+        normalize_prompts = list(artifacts.load_split(f"{config.data}/ppo_prompts", ("prompt",))["prompt"])
     model = load_reward_model(config.model, config.dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
 
-    accelerator = training.make_accelerator(config.mixed_precision, config.seed)
+    accelerator = training.make_accelerator(mixed_precision_mode(config.dtype, config.mixed_precision), config.seed,
+                                            training.experiment_trackers(config))
     chosen_ids, chosen_mask = encode_pairs(tokenizer, train_pairs["prompt"], train_pairs["chosen"])
     rejected_ids, rejected_mask = encode_pairs(tokenizer, train_pairs["prompt"], train_pairs["rejected"])
     margins = (torch.tensor(train_pairs[config.margin_column], dtype=torch.float) * config.margin_scale
                if config.margin_column else torch.zeros(len(chosen_ids)))
+    keep_trainable_in_fp32(model, accelerator)
     optimizer = training.adamw(model, config.lr)
     scheduler = training.linear_schedule(optimizer, config.steps, config.warmup_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(SequenceScorer(model), optimizer, scheduler)
     start = training.try_resume(accelerator, config.out, config)
     batches = training.batch_indices(len(chosen_ids), config.batch_size, config.seed, start)
     bar = training.progress(config.steps, start, "reward_model", disable=not accelerator.is_main_process)
     started = time.time()
     losses = training.resume_extra(config.out).get("losses", []) if start else []
+    training.start_tracking(accelerator, config, "reward_model", resumed=start > 0)
     model.train()
     for step in range(start, config.steps):
         idx = training.shard_for_process(next(batches), accelerator)
@@ -159,23 +176,31 @@ def main(argv: list[str] | None = None) -> None:
         ids = torch.cat([_left_pad_to(chosen_ids[idx], width, tokenizer.pad_token_id),
                          _left_pad_to(rejected_ids[idx], width, tokenizer.pad_token_id)]).to(device)
         mask = torch.cat([_left_pad_to(chosen_mask[idx], width, 0), _left_pad_to(rejected_mask[idx], width, 0)]).to(device)
-        scores = sequence_scores(model, ids, mask)
-        chosen, rejected = scores.chunk(2)
+        chosen, rejected = model(ids, mask).chunk(2)
         loss = bradley_terry_loss(chosen, rejected, margins[idx].to(device))
+        learning_rate = scheduler.get_last_lr()[0]
         training.optimizer_step(accelerator, model, optimizer, scheduler, loss)
         training.after_step(accelerator, config, bar, losses, loss.item(), step, "reward")
+        training.log_metrics(accelerator, {"loss": losses[-1], "lr": learning_rate,
+                                           "accuracy": (chosen > rejected).float().mean().item()}, step + 1)
     bar.close()
     state_dict = training.full_state_dict(accelerator, model)
-    model = accelerator.unwrap_model(model)
+    if state_dict is not None:  # keys of the reward model, not of its SequenceScorer wrapper
+        state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
+    model = accelerator.unwrap_model(model).model
     model.eval()
+    if torch_dtype(config.dtype) is not None:  # from here on frozen, as PPO loads it: in `dtype`
+        model.to(torch_dtype(config.dtype))
     report = {"train": evaluate_pairs(model, tokenizer, {k: v[:1000] for k, v in train_pairs.items()}),
               "eval": evaluate_pairs(model, tokenizer, eval_pairs),
               "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "seconds": time.time() - started}
     if config.normalize_policy:
-        prompts = list(load_from_disk(f"{config.data}/ppo_prompts")["prompt"])[:config.normalize_samples]
-        normalization = normalization_stats(model, tokenizer, config.normalize_policy, prompts, config)
+        prompts = normalize_prompts[:config.normalize_samples]
+        normalization = normalization_stats(model, tokenizer, config.normalize_policy, prompts, config,
+                                            accelerator.autocast)
     else:
         normalization = {"mean": 0.0, "std": 1.0, "samples": 0, "policy": None}
+    training.end_tracking(accelerator)
     if accelerator.is_main_process:
         with artifacts.atomic_dir(config.out) as tmp:
             save_model(model, tokenizer, tmp, state_dict)

@@ -15,7 +15,8 @@ import torch
 
 from salsa import artifacts
 from salsa.args import arg, parse
-from salsa.modeling import load_causal_lm, load_tokenizer, save_model
+from salsa.modeling import (keep_trainable_in_fp32, load_causal_lm, load_tokenizer, mixed_precision_mode,
+                            save_model)
 from salsa import training
 
 
@@ -48,6 +49,9 @@ class SFTConfig:
     gradient_checkpointing: bool = arg(False, help="trade compute for activation memory")
     checkpoint_every: int = arg(0, help="save a resumable checkpoint every N steps (0 = never)")
     threads: int = arg(0, help="torch CPU threads (0 = torch default)")
+    report_to: list[str] = arg([], help="experiment trackers: tensorboard, wandb (none by default)")
+    tracking_dir: str = arg("", help="tracking logs root (default: <out>.tracking next to the output)")
+    run_name: str = arg("", help="run name in the trackers (default: the output directory's name)")
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -111,14 +115,7 @@ def lm_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
 
 
 def load_conversations(path: str, max_examples: int = 0) -> list[list[dict]]:
-    from datasets import load_from_disk
-
-    try:
-        dataset = load_from_disk(path)
-    except (FileNotFoundError, ValueError) as err:
-        raise artifacts.StageError(f"{path}: not a dataset saved with save_to_disk ({err})") from None
-    if "messages" not in dataset.column_names:
-        raise artifacts.StageError(f"{path}: needs a `messages` column, has {dataset.column_names}")
+    dataset = artifacts.load_split(path, ("messages",))
     if max_examples:
         dataset = dataset.select(range(min(max_examples, len(dataset))))
     return list(dataset["messages"])
@@ -134,7 +131,8 @@ def apply_lora(model, config: SFTConfig):
 
 def train(config: SFTConfig, model, tokenizer, stage: str = "sft") -> dict:
     """The loop shared by `base_model` (from scratch) and `sft` (from a checkpoint)."""
-    accelerator = training.make_accelerator(config.mixed_precision, config.seed)
+    accelerator = training.make_accelerator(mixed_precision_mode(config.dtype, config.mixed_precision), config.seed,
+                                            training.experiment_trackers(config))
     conversations = load_conversations(config.data, config.max_examples)
     conversations = [conversations[i] for i in subset_indices(len(conversations), config.data_subset,
                                                               config.subset_seed)]
@@ -149,12 +147,14 @@ def train(config: SFTConfig, model, tokenizer, stage: str = "sft") -> dict:
         if config.gradient_checkpointing:  # frozen embeddings: checkpointed blocks still need input grads
             model.enable_input_require_grads()
         model = apply_lora(model, config)
+    keep_trainable_in_fp32(model, accelerator)  # a bf16/fp16 model trains fp32 weights under autocast
     optimizer = training.adamw(model, config.lr, config.weight_decay)
     scheduler = training.linear_schedule(optimizer, config.steps, config.warmup_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     start = training.try_resume(accelerator, config.out, config)
     batches = training.batch_indices(len(rows), config.batch_size, config.seed, start)
     bar = training.progress(config.steps, start, stage, disable=not accelerator.is_main_process)
+    training.start_tracking(accelerator, config, stage, resumed=start > 0)
     model.train()
     losses = training.resume_extra(config.out).get("losses", []) if start else []
     started = time.time()
@@ -162,9 +162,12 @@ def train(config: SFTConfig, model, tokenizer, stage: str = "sft") -> dict:
         idx = training.shard_for_process(next(batches), accelerator)
         batch = [t.to(accelerator.device) for t in collate([rows[int(i)] for i in idx], tokenizer.pad_token_id)]
         loss = lm_loss(model, *batch)
+        learning_rate = scheduler.get_last_lr()[0]
         training.optimizer_step(accelerator, model, optimizer, scheduler, loss)
         training.after_step(accelerator, config, bar, losses, loss.item(), step, stage)
+        training.log_metrics(accelerator, {"loss": losses[-1], "lr": learning_rate}, step + 1)
     bar.close()
+    training.end_tracking(accelerator)
     state_dict = training.full_state_dict(accelerator, model)
     model = accelerator.unwrap_model(model)
     if config.lora_r > 0:

@@ -20,13 +20,15 @@ import torch
 from salsa import artifacts
 
 
-def make_accelerator(mixed_precision: str = "no", seed: int = 0):
+def make_accelerator(mixed_precision: str = "no", seed: int = 0, trackers: list | None = None):
+    """``trackers``: accelerate tracker objects (``experiment_trackers``), started by ``start_tracking``."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     # our schedules count optimiser steps of the global batch: step them once per step,
     # not once per process as accelerate's prepared scheduler would
-    accelerator = Accelerator(mixed_precision=mixed_precision, step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(mixed_precision=mixed_precision, step_scheduler_with_optimizer=False,
+                              log_with=trackers or None)
     set_seed(seed)
     return accelerator
 
@@ -84,13 +86,56 @@ def resume_dir(out: str | Path) -> Path:
 LATEST = "latest.json"
 # Test hook: kill the process right after the checkpoint of this step (a preemption).
 KILL_AFTER_CHECKPOINT = "SALSA_KILL_AFTER_CHECKPOINT"
-_NOT_IN_FINGERPRINT = {"out", "threads", "checkpoint_every"}
+_NOT_IN_FINGERPRINT = {"out", "threads", "checkpoint_every", "report_to", "tracking_dir", "run_name"}
+
+
+def _digest(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def input_identity(path: str | Path) -> str:
+    """What an input holds, not where: the digest of its artifact's salsa_meta.json (rewritten by every run
+    of the stage that made it), or for a directory made elsewhere the names, sizes and mtimes of its files."""
+    path = Path(path)
+    for directory in [path, *list(path.parents)[:2]]:  # data/sft and ppo/.../model live inside an artifact
+        meta = directory / artifacts.METADATA_FILE
+        if meta.is_file():
+            return hashlib.sha256(meta.read_bytes()).hexdigest()[:16]
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return _digest([(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                    for f in files])
+
+
+def input_identities(config) -> dict[str, str]:
+    """Identity of every setting that names an existing file or directory (the stage's inputs)."""
+    settings = artifacts.to_jsonable(config)
+    return {k: input_identity(v) for k, v in settings.items()
+            if k not in _NOT_IN_FINGERPRINT and isinstance(v, str) and v and os.path.exists(v)}
+
+
+def settings_fingerprint(config) -> str:
+    return _digest({k: v for k, v in artifacts.to_jsonable(config).items() if k not in _NOT_IN_FINGERPRINT})
 
 
 def config_fingerprint(config) -> str:
-    """Hash of the settings that shape the result, so a stale checkpoint is never resumed."""
-    settings = {k: v for k, v in artifacts.to_jsonable(config).items() if k not in _NOT_IN_FINGERPRINT}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of the settings and of the inputs' contents, so a stale checkpoint is never resumed."""
+    return _digest([settings_fingerprint(config), input_identities(config)])
+
+
+def _stale_reason(info: dict, config) -> str | None:
+    """Why a checkpoint does not belong to this run, or None when it does."""
+    if info.get("fingerprint") == config_fingerprint(config):
+        return None
+    if info.get("settings") is None:  # written before inputs were fingerprinted
+        return "different settings"
+    reasons = []
+    if info["settings"] != settings_fingerprint(config):
+        reasons.append("different settings")
+    now, then = input_identities(config), info.get("inputs", {})
+    changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+    if changed:
+        reasons.append(f"other inputs ({', '.join(changed)} changed)")
+    return " and ".join(reasons) or "different settings"
 
 
 def latest_checkpoint(out: str | Path) -> tuple[Path, dict] | None:
@@ -107,8 +152,9 @@ def try_resume(accelerator, out: str | Path, config=None) -> int:
     if found is None:
         return 0
     directory, info = found
-    if config is not None and info.get("fingerprint") != config_fingerprint(config):
-        accelerator.print(f"ignoring checkpoint {directory}: written with different settings")
+    stale = _stale_reason(info, config) if config is not None else None
+    if stale:
+        accelerator.print(f"ignoring checkpoint {directory}: written with {stale}; starting from step 0")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             clear_checkpoints(out)
@@ -147,8 +193,9 @@ def save_checkpoint(accelerator, out: str | Path, step: int, extra: dict | None 
         for name, value in (files or {}).items():
             torch.save(value, directory / name)
         previous = latest_checkpoint(out)
-        artifacts.write_json(root / LATEST, {"step": step, "dir": directory.name,
-                                             "fingerprint": config_fingerprint(config) if config else None})
+        identity = ({"fingerprint": config_fingerprint(config), "settings": settings_fingerprint(config),
+                     "inputs": input_identities(config)} if config else {"fingerprint": None})
+        artifacts.write_json(root / LATEST, {"step": step, "dir": directory.name, **identity})
         if previous and previous[0] != directory:
             shutil.rmtree(previous[0], ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -189,3 +236,66 @@ def after_step(accelerator, config, bar, losses: list[float], loss: float, step:
     bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
     if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
         save_checkpoint(accelerator, config.out, step + 1, {"losses": losses}, config)
+
+
+# --- experiment tracking (TensorBoard / W&B through accelerate's trackers) -------
+TRACKERS = ("tensorboard", "wandb")
+
+
+def tracking_location(config) -> tuple[Path, str]:
+    """(root directory, run name) of a stage's tracking logs: by default ``<out>.tracking/``."""
+    out = Path(config.out)
+    root = Path(config.tracking_dir) if config.tracking_dir else out.parent / f"{out.name}.tracking"
+    return root, config.run_name or out.name
+
+
+def experiment_trackers(config) -> list:
+    """accelerate tracker objects for ``config.report_to`` (empty: no tracking, the default).
+
+    accelerate drops a tracker whose package is missing with a debug message; a user who asked
+    for curves gets an error instead.
+    """
+    from accelerate.tracking import TensorBoardTracker, WandBTracker
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    root, run_name = tracking_location(config)
+    trackers = []
+    for name in dict.fromkeys(config.report_to):
+        if name == "tensorboard":
+            if not is_tensorboard_available():
+                raise artifacts.StageError("report_to tensorboard: install it with pip install -e '.[tracking]'")
+            trackers.append(TensorBoardTracker(run_name, root))
+        elif name == "wandb":
+            if not is_wandb_available():
+                raise artifacts.StageError("report_to wandb: install it with pip install wandb")
+            trackers.append(WandBTracker(os.environ.get("WANDB_PROJECT", "salsa"), name=run_name, dir=str(root),
+                                         group=os.environ.get("WANDB_RUN_GROUP")))
+        else:
+            raise artifacts.StageError(f"report_to: unknown tracker {name!r}; choose from {list(TRACKERS)}")
+    return trackers
+
+
+def start_tracking(accelerator, config, stage: str, resumed: bool = False) -> None:
+    """Open the runs and record the stage's settings as hyperparameters (no-op without trackers).
+    A rerun from scratch first clears the run's old TensorBoard logs; a resumed run appends."""
+    if not accelerator.log_with:
+        return
+    root, run_name = tracking_location(config)
+    if accelerator.is_main_process and not resumed:
+        shutil.rmtree(root / run_name, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                for k, v in artifacts.to_jsonable(config).items()}
+    accelerator.init_trackers(stage, config={"stage": stage, **settings})
+
+
+def log_metrics(accelerator, values: dict, step: int) -> None:
+    """Scalars to every tracker; NaN (e.g. gold without a task) is left out."""
+    if accelerator.log_with:
+        accelerator.log({k: float(v) for k, v in values.items()
+                         if isinstance(v, (int, float)) and math.isfinite(v)}, step=step)
+
+
+def end_tracking(accelerator) -> None:
+    if accelerator.log_with:
+        accelerator.end_training()

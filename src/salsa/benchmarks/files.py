@@ -7,11 +7,10 @@ stops with one line naming the file and line (salsa.artifacts.StageError).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from salsa import artifacts
 from salsa.artifacts import StageError
 
 
@@ -71,14 +70,6 @@ def read_yaml(path: str | Path) -> dict:
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     """Write JSON lines atomically (temp file beside the target, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with artifacts.atomic_text_file(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")

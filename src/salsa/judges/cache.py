@@ -8,10 +8,10 @@ the same thing, in any process, reuses the reply. Files are written atomically
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
+
+from salsa import artifacts
 
 
 class JudgmentCache:
@@ -34,10 +34,8 @@ class JudgmentCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"key": key, "model": model, "temperature": temperature, "max_tokens": max_tokens,
                   "messages": messages, "text": text, "created": time.time()}
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with artifacts.atomic_text_file(path, prefix=f".{key[:8]}.") as handle:
             json.dump(record, handle, ensure_ascii=False)
-        os.replace(tmp, path)
 
     def __len__(self) -> int:
         return sum(1 for _ in self.directory.glob("*/*.json")) if self.directory.exists() else 0
