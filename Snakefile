@@ -31,6 +31,7 @@ include: "rules/ppo.smk"
 include: "rules/dpo.smk"
 include: "rules/evaluate.smk"
 include: "rules/tables.smk"
+include: "rules/landscape.smk"
 
 
 rule all:

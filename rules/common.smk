@@ -11,14 +11,20 @@ EXPERIMENT = config["experiment"]
 RESULTS = f"results/{EXPERIMENT}"
 THREADS = config.get("threads", 1)
 CLI_EXCLUDED = {"seeds", "extra", "methods", "params", "sweep", "init", "reference", "normalize_policy",
-                "checkpoint_every"}  # a resource (checkpointing()): changing it reruns nothing
+                "data_subsets", "pair", "checkpoint_every"}  # checkpoint_every: a resource (checkpointing())
+# Outer replicates (config `replicates: [1, 2]`): replicate r redraws the SFT pair and the reward model,
+# and its models are rep<r>/sft/seed1, rep<r>/soup/uniform, rep<r>/ppo/<method>/seed<N> under results/<exp>/rep<r>/.
+# Without the key there is one replicate and ids carry no prefix. Data and base model are shared.
+REPLICATES = [int(r) for r in config.get("replicates") or []]
+REPLICATE_SEED_STRIDE = 1000  # replicate r trains SFT seed s with seed s + 1000 (r - 1): replicate 1 is the plain run
 
 wildcard_constraints:
     sft="[A-Za-z0-9_.-]+",
     soup="[A-Za-z0-9_.-]+",
     method="[A-Za-z0-9_.-]+",
     seed=r"\d+",
-    model=r"sft/[A-Za-z0-9_.-]+|soup/[A-Za-z0-9_.-]+|(ppo|dpo)/[A-Za-z0-9_.-]+/seed\d+",
+    model=r"(rep\d+/)?(sft/[A-Za-z0-9_.-]+|soup/[A-Za-z0-9_.-]+|(ppo|dpo)/[A-Za-z0-9_.-]+/seed\d+)",
+    rp=r"(rep\d+/)?",
     benchmark="[a-z0-9_.]+",
 
 
@@ -122,13 +128,24 @@ def sft_names():
     return [f"seed{s}" for s in config["sft"]["seeds"]] + list(config["sft"].get("extra", {}))
 
 
-def sft_settings(name):
-    """The sft block, overridden by an `extra` entry; the seed comes from the name or the entry."""
+def sft_settings(name, rep=None):
+    """The sft block, overridden by an `extra` entry; the seed comes from the name or the entry.
+
+    `data_subsets` pairs each seed with its data (e.g. [half1, half2]: disjoint halves); replicate r
+    offsets the training seed and redraws the subset split (subset_seed + r - 1)."""
     block = dict(config["sft"])
     if name.startswith("seed") and name[4:].isdigit():
         block["seed"] = int(name[4:])
+        subsets = config["sft"].get("data_subsets") or []
+        if subsets:
+            if len(subsets) != len(config["sft"]["seeds"]):
+                raise ValueError(f"sft.data_subsets: {len(subsets)} entries for {len(config['sft']['seeds'])} seeds")
+            block["data_subset"] = subsets[config["sft"]["seeds"].index(block["seed"])]
     else:
         block.update(config["sft"].get("extra", {})[name])
+    if rep is not None:
+        block["seed"] += REPLICATE_SEED_STRIDE * (rep - 1)
+        block["subset_seed"] = block.get("subset_seed", 0) + rep - 1
     return block
 
 
@@ -139,19 +156,44 @@ def soup_settings(name):
     return ingredients, weights
 
 
+def split_replicate(ref):
+    """'rep2/sft/seed1' -> (2, 'sft/seed1'); an id without the prefix -> (None, id)."""
+    head, _, rest = ref.partition("/")
+    if rest and head.startswith("rep") and head[3:].isdigit():
+        return int(head[3:]), rest
+    return None, ref
+
+
+def in_replicate(ref, rep):
+    """A config reference (sft/seed1) as one replicate's model (rep2/sft/seed1); base is shared."""
+    return ref if rep is None or ref == "base" else f"rep{rep}/{ref}"
+
+
+def replicate_numbers():
+    return REPLICATES or [None]
+
+
+def wildcard_replicate(rp):
+    """The {rp} wildcard ('' or 'rep2/') as a replicate number."""
+    return int(rp[3:-1]) if rp else None
+
+
 def model_dir(ref):
-    """base, sft/<name>, soup/<name>, ppo/<method>/seed<N> -> the rule output that holds the model."""
+    """[rep<r>/]base, sft/<name>, soup/<name>, ppo/<method>/seed<N> -> the rule output that holds the model."""
+    rep, ref = split_replicate(ref)
     kind, _, name = ref.partition("/")
     if kind == "base":
         return result("base_model")
     if kind in ("sft", "soup", "ppo", "dpo"):
-        return result(kind, name)
+        return result(*([f"rep{rep}"] if rep is not None else []), kind, name)
     raise ValueError(f"unknown model reference {ref!r}")
 
 
 def model_path(ref):
-    """The loadable model directory (a PPO or DPO run keeps its policy in model/)."""
-    return model_dir(ref) + ("/model" if ref.startswith(("ppo/", "dpo/")) else "")
+    """The loadable model directory (a PPO or DPO run keeps its policy in model/; base may be a Hub id)."""
+    if split_replicate(ref)[1] == "base":
+        return base_model_path()
+    return model_dir(ref) + ("/model" if split_replicate(ref)[1].startswith(("ppo/", "dpo/")) else "")
 
 
 def is_gguf(model):
@@ -206,7 +248,8 @@ DPO_METHODS = expand_methods(config.get("dpo", {}))
 
 
 def ppo_run_ids():
-    return [f"ppo/{m}/seed{s}" for m in PPO_METHODS for s in config["ppo"]["seeds"]]
+    return [in_replicate(f"ppo/{m}/seed{s}", r)
+            for r in replicate_numbers() for m in PPO_METHODS for s in config["ppo"]["seeds"]]
 
 
 def dpo_run_ids():
@@ -215,21 +258,25 @@ def dpo_run_ids():
 
 def evaluated_models():
     soups = [f"soup/{name}" for name in config.get("soups", {"uniform": {}})]
-    return [f"sft/{name}" for name in sft_names()] + soups + ppo_run_ids() + dpo_run_ids()
+    return [in_replicate(ref, r) for r in replicate_numbers()
+            for ref in [f"sft/{name}" for name in sft_names()] + soups
+            ] + ppo_run_ids() + dpo_run_ids()
 
 
 def model_reference(model):
-    """The KL reference a model was trained against (None for SFT models and soups)."""
+    """The KL reference a model was trained against (None for SFT models and soups), in its replicate."""
+    rep, model = split_replicate(model)
     parts = model.split("/")
     methods = {"ppo": PPO_METHODS, "dpo": DPO_METHODS}.get(parts[0])
-    return methods[parts[1]]["reference"] if methods else None
+    return in_replicate(methods[parts[1]]["reference"], rep) if methods else None
 
 
-def reward_dir(ref="reward_model"):
-    """reward_model (the default), reward/<name> (a WARM replica) or reward_soup/<name> -> its directory."""
+def reward_dir(ref="reward_model", rep=None):
+    """reward_model (the default, one per replicate), reward/<name> (a WARM replica) or reward_soup/<name>
+    -> its directory. WARM replicas and reward soups, like DPO runs, sit outside the replicate level."""
     kind, _, name = ref.partition("/")
     if ref == "reward_model":
-        return result("reward_model")
+        return result(*([f"rep{rep}"] if rep is not None else []), "reward_model")
     if kind in ("reward", "reward_soup") and name:
         return result(kind, name)
     raise ValueError(f"unknown reward model {ref!r}")
@@ -252,13 +299,22 @@ def reward_normalization_args(settings):
     return cli({k: v for k, v in {**ppo_sampling, **settings}.items() if k in keys})
 
 
-def first_sft():
-    return f"sft/seed{config['sft']['seeds'][0]}"
+def first_sft(model=None):
+    """The first SFT: KL yardstick and baseline; with a model, the one of that model's replicate."""
+    return in_replicate(f"sft/seed{config['sft']['seeds'][0]}", split_replicate(model)[0] if model else None)
 
 
 def enabled_benchmarks():
     return [name for name, spec in config.get("benchmarks", {}).items() if spec.get("enabled", True)]
 
 
+def landscape_pair():
+    """The line the landscape stage walks: `landscape.pair`, or the first two seeded SFT runs."""
+    return config.get("landscape", {}).get("pair") or [f"sft/seed{s}" for s in config["sft"]["seeds"][:2]]
+
+
 def summary_outputs():
-    return [result("tables", "summary.md")]
+    outputs = [result("tables", "summary.md")]
+    if "landscape" in config and len(landscape_pair()) == 2:
+        outputs.append(result("landscape"))
+    return outputs

@@ -2,8 +2,8 @@ rule evaluate:
     input:
         model=lambda w: model_dir(w.model),
         reference=lambda w: [model_dir(r) for r in [model_reference(w.model)] if r],
-        first_sft=model_dir(first_sft()),
-        reward=result("reward_model"),
+        first_sft=lambda w: model_dir(first_sft(w.model)),
+        reward=lambda w: reward_dir(rep=split_replicate(w.model)[0]),
         data=result("data"),
         src=src("evaluate", "modeling", "generation"),
     output:
@@ -102,17 +102,21 @@ rule evaluate_answers:
         " --seed {params.seed} --threads {threads} --progress false {params.args} > {log} 2>&1"
 
 
-def judge_baseline(benchmark):
+def judge_baseline(benchmark, model=""):
+    """The baseline's answers; with replicates, the baseline of the judged model's own replicate."""
     baseline = benchmark_setting(benchmark, "baseline")
-    return [result("bench", benchmark, baseline, "answers.jsonl")] if baseline else []
+    if not baseline:
+        return []
+    return [result("bench", benchmark, in_replicate(baseline, split_replicate(model)[0]), "answers.jsonl")]
 
 
 rule evaluate_judge:
     input:
         answers=result("bench", "{benchmark}", "{model}", "answers.jsonl"),
-        baseline=lambda w: judge_baseline(w.benchmark),
+        baseline=lambda w: judge_baseline(w.benchmark, w.model),
         data=lambda w: benchmark_data(w.benchmark),
-        reward=lambda w: [result("reward_model")] if benchmark_setting(w.benchmark, "judge") == "reward" else [],
+        reward=lambda w: ([reward_dir(rep=split_replicate(w.model)[0])]
+                          if benchmark_setting(w.benchmark, "judge") == "reward" else []),
         judge_model=lambda w: local_judge_model(w.benchmark),
         src=src("benchmarks.judge", "benchmarks.judge_protocols", "benchmarks.mt_bench_scoring",
                 "benchmarks.arena_hard_scoring", "benchmarks.scores_json", "benchmarks.win_rate", "benchmarks.data",
@@ -121,8 +125,8 @@ rule evaluate_judge:
         directory(result("bench", "{benchmark}", "{model}", "judged")),
     params:
         judge=lambda w: benchmark_setting(w.benchmark, "judge"),
-        baseline=lambda w: " ".join(f"--baseline-answers {p}" for p in judge_baseline(w.benchmark)),
-        judge_model=lambda w: (f"--judge-model {result('reward_model')}"
+        baseline=lambda w: " ".join(f"--baseline-answers {p}" for p in judge_baseline(w.benchmark, w.model)),
+        judge_model=lambda w: (f"--judge-model {reward_dir(rep=split_replicate(w.model)[0])}"
                                if benchmark_setting(w.benchmark, "judge") == "reward" else ""),
         args=lambda w: cli(benchmark_setting(w.benchmark, "judging", {})),
         seed=config.get("evaluate", {}).get("seed", 0),

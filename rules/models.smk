@@ -26,15 +26,15 @@ rule sft:
         base=result("base_model"),
         src=src("sft", "training", "modeling"),
     output:
-        directory(result("sft", "{sft}")),
+        directory(result("{rp}sft", "{sft}")),
     params:
         model=base_model_path(),
-        args=lambda w: cli(sft_settings(w.sft)) + tracking("sft", w.sft),
+        args=lambda w: cli(sft_settings(w.sft, wildcard_replicate(w.rp))) + tracking(w.rp + "sft", w.sft),
     threads: THREADS
     log:
-        result("logs", "sft", "{sft}.log"),
+        result("logs", "{rp}sft", "{sft}.log"),
     benchmark:
-        result("benchmarks", "sft", "{sft}.tsv")
+        result("benchmarks", "{rp}sft", "{sft}.tsv")
     resources:
         **stage_resources("sft"),
     conda:
@@ -46,16 +46,17 @@ rule sft:
 
 rule soup:
     input:
-        ingredients=lambda w: [model_dir(ref) for ref in soup_settings(w.soup)[0]],
+        ingredients=lambda w: [model_dir(in_replicate(ref, wildcard_replicate(w.rp)))
+                               for ref in soup_settings(w.soup)[0]],
         src=src("soup"),
     output:
-        directory(result("soup", "{soup}")),
+        directory(result("{rp}soup", "{soup}")),
     params:
         weights=lambda w: " ".join(map(str, soup_settings(w.soup)[1])),
     log:
-        result("logs", "soup", "{soup}.log"),
+        result("logs", "{rp}soup", "{soup}.log"),
     benchmark:
-        result("benchmarks", "soup", "{soup}.tsv")
+        result("benchmarks", "{rp}soup", "{soup}.tsv")
     resources:
         **stage_resources("soup"),
     conda:

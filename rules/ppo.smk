@@ -1,19 +1,19 @@
 rule ppo:
     input:
         data=result("data"),
-        policy=lambda w: model_dir(PPO_METHODS[w.method]["init"]),
-        reference=lambda w: model_dir(PPO_METHODS[w.method]["reference"]),
-        reward=lambda w: reward_dir(PPO_METHODS[w.method].get("reward", "reward_model")),
+        policy=lambda w: model_dir(in_replicate(PPO_METHODS[w.method]["init"], wildcard_replicate(w.rp))),
+        reference=lambda w: model_dir(in_replicate(PPO_METHODS[w.method]["reference"], wildcard_replicate(w.rp))),
+        reward=lambda w: reward_dir(PPO_METHODS[w.method].get("reward", "reward_model"), wildcard_replicate(w.rp)),
         src=src("ppo", "ppo_math", "training", "modeling", "generation"),
     output:
-        directory(result("ppo", "{method}", "seed{seed}")),
+        directory(result("{rp}ppo", "{method}", "seed{seed}")),
     params:
-        args=lambda w: cli(PPO_METHODS[w.method]["params"]) + tracking("ppo", w.method, f"seed{w.seed}"),
+        args=lambda w: cli(PPO_METHODS[w.method]["params"]) + tracking(w.rp + "ppo", w.method, f"seed{w.seed}"),
     threads: THREADS
     log:
-        result("logs", "ppo", "{method}", "seed{seed}.log"),
+        result("logs", "{rp}ppo", "{method}", "seed{seed}.log"),
     benchmark:
-        result("benchmarks", "ppo", "{method}", "seed{seed}.tsv")
+        result("benchmarks", "{rp}ppo", "{method}", "seed{seed}.tsv")
     resources:
         **stage_resources("ppo"),
     conda:

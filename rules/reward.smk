@@ -1,24 +1,30 @@
 rule reward_model:
     input:
         data=result("data"),
-        init=model_dir(config["reward_model"]["init"]),
-        policy=model_dir(config["reward_model"].get("normalize_policy", config["reward_model"]["init"])),
+        init=lambda w: model_dir(in_replicate(config["reward_model"]["init"], wildcard_replicate(w.rp))),
+        policy=lambda w: model_dir(in_replicate(config["reward_model"].get("normalize_policy",
+                                                                           config["reward_model"]["init"]),
+                                                wildcard_replicate(w.rp))),
         src=src("reward", "training", "modeling", "generation"),
     output:
-        directory(result("reward_model")),
+        directory(result("{rp}reward_model")),
     params:
-        # normalisation samples are drawn as PPO draws its rollouts, unless set explicitly
-        args=cli({**{k: v for k, v in config["ppo"].get("params", {}).items()
-                     if k in ("max_new_tokens", "temperature")}, **config["reward_model"]}) + tracking("reward_model"),
+        init=lambda w: model_path(in_replicate(config["reward_model"]["init"], wildcard_replicate(w.rp))),
+        # normalisation samples are drawn as PPO draws its rollouts, unless set explicitly;
+        # replicate r redraws the reward model (seed + r - 1)
+        args=lambda w: cli({**{k: v for k, v in config["ppo"].get("params", {}).items()
+                               if k in ("max_new_tokens", "temperature")}, **config["reward_model"],
+                            "seed": config["reward_model"].get("seed", 0) + (wildcard_replicate(w.rp) or 1) - 1})
+                       + tracking(w.rp + "reward_model"),
     threads: THREADS
     log:
-        result("logs", "reward_model.log"),
+        result("logs", "{rp}reward_model.log"),
     benchmark:
-        result("benchmarks", "reward_model.tsv")
+        result("benchmarks", "{rp}reward_model.tsv")
     resources:
         **stage_resources("reward_model"),
     conda:
         conda_env("reward_model")
     shell:
-        launcher("reward_model") + " --model {input.init} --normalize-policy {input.policy} --data {input.data}"
+        launcher("reward_model") + " --model {params.init} --normalize-policy {input.policy} --data {input.data}"
         " --out {output} --threads {threads} {params.args} > {log} 2>&1"

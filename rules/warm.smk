@@ -12,6 +12,7 @@ use rule reward_model as reward_replica with:
     wildcard_constraints:
         name="[A-Za-z0-9_.-]+",
     params:
+        init=lambda w: model_path(reward_settings(w.name)["init"]),
         args=lambda w: cli({**{k: v for k, v in config["ppo"].get("params", {}).items()
                                if k in ("max_new_tokens", "temperature")}, **reward_settings(w.name)}),
     log:
@@ -41,5 +42,5 @@ rule reward_soup:
     conda:
         conda_env("reward_model")
     shell:
-        "python -m salsa.reward_soup --inputs {input.ingredients} --weights {params.weights} --data {input.data}"
+        "exec python -m salsa.reward_soup --inputs {input.ingredients} --weights {params.weights} --data {input.data}"
         " --normalize-policy {input.policy} --out {output} --threads {threads} {params.args} > {log} 2>&1"

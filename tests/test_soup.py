@@ -164,7 +164,7 @@ def test_copies_model_files_and_writes_its_own_metadata(tmp_path, pair):
                       "--seed", "3"]) is None
     copied = {p.name for p in pair[0].iterdir()} - {soup.SINGLE_FILE, artifacts.METADATA_FILE}
     assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"} <= copied
-    assert copied | {soup.SINGLE_FILE, artifacts.METADATA_FILE} == {p.name for p in out.iterdir()}
+    assert copied | {soup.SINGLE_FILE, artifacts.METADATA_FILE, "distances.json"} == {p.name for p in out.iterdir()}
     for name in copied:
         assert (out / name).read_bytes() == (pair[0] / name).read_bytes()
     meta = json.loads((out / artifacts.METADATA_FILE).read_text())
@@ -207,6 +207,30 @@ def test_lora_checkpoints_must_be_merged_before_souping(tmp_path):
     torch.testing.assert_close(souped["model.layers.0.self_attn.q_proj.weight"], mean_of_merged)
     for name, tensor in weighted_mean(merged_dirs, [0.5, 0.5]).items():
         torch.testing.assert_close(souped[name], tensor)
+
+
+def test_extrapolation_only_when_asked_and_then_exact(tmp_path, pair):
+    """alpha = -0.5 on the line A -> B: weights (1.5, -0.5), refused by default (a negative weight is a typo)."""
+    assert_refused(pair, [1.5, -0.5], tmp_path / "refused", "--weights", "-0.5", "allow-extrapolation")
+    soup.average_checkpoints(pair, [1.5, -0.5], tmp_path / "line", max_shard_bytes=10**9, allow_extrapolation=True)
+    expected = weighted_mean(pair, [1.5, -0.5])
+    for name, tensor in load_weights(tmp_path / "line").items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-6, atol=1e-6)
+
+
+def test_records_parameter_distances(tmp_path):
+    dirs = [save_model(tmp_path / f"in{i}", seed=i) for i in range(3)]
+    weights = [0.2, 0.3, 0.5]
+    summary = soup.average_checkpoints(dirs, weights, tmp_path / "soup", max_shard_bytes=10**9, distances=True)
+    recorded = json.loads((tmp_path / "soup" / "distances.json").read_text())
+    assert recorded["l2_to_soup"] == summary["distances"]["l2_to_soup"]
+    flat = [torch.cat([t.double().reshape(-1) for _, t in sorted(load_weights(d).items())]) for d in dirs]
+    mean = sum(w * x for w, x in zip(weights, flat))
+    for i in range(3):
+        assert recorded["l2_to_soup"][i] == pytest.approx(float((flat[i] - mean).norm()), rel=1e-6)
+        for j in range(3):
+            assert recorded["l2_between"][i][j] == pytest.approx(float((flat[i] - flat[j]).norm()), rel=1e-6)
+    assert recorded["l2_soup"] == pytest.approx(float(mean.norm()), rel=1e-6)
 
 
 # --- refusals: one-line StageErrors naming the file or tensor, and no output directory ---

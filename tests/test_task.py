@@ -58,3 +58,26 @@ def test_preferences_follow_gold_but_not_always():
 def test_task_spec_validates():
     with pytest.raises(ValueError, match="unknown operation"):
         TaskSpec(operations=("sort", "shuffle"))
+
+
+def test_gold_scores_special_tokens_the_policy_emits_as_wrong_items():
+    """`copy 1 2 3` answered `1 2 <pad> <unk> 3`: decoding with skip_special_tokens hid the two extra tokens."""
+    import torch
+
+    from salsa.data import build_tokenizer
+    from salsa.generation import Rollout, decode_responses, truncate_after_eos
+
+    tokenizer = build_tokenizer(TaskSpec(num_symbols=10))
+    prompt = "copy 1 2 3"
+
+    def answer(words):
+        ids = torch.tensor([tokenizer.convert_tokens_to_ids(words)])
+        response, mask, ended = truncate_after_eos(ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        rollout = Rollout(torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.long),
+                          response, mask, ended)
+        return gold_reward(prompt, decode_responses(tokenizer, rollout)[0])
+
+    assert answer(["1", "2", "3", "<eos>", "<pad>"]) == 1.0  # EOS and the padding after it are not the answer
+    gamed = answer(["1", "2", "<pad>", "<unk>", "3", "<eos>", "<pad>"])
+    assert gamed == pytest.approx(1 - 2 / 3)  # all three items, plus two wrong ones at the extra-item cost
+    assert answer(["1", "2", "<pad>", "3"]) < 1  # no EOS: still scored up to the end

@@ -36,7 +36,10 @@ def scheduled_rules(output: str) -> dict[str, int]:
 def test_default_config_dry_run(tmp_path):
     proc = snakemake(tmp_path, "-n", "--configfile", DEFAULT)
     rules = scheduled_rules(proc.stdout)
-    assert rules["sft"] == 2 and rules["soup"] == 1 and rules["ppo"] == 6 and rules["tables"] == 1
+    # two outer replicates, each with its own SFT pair, soup and reward model; 2 methods x 2 PPO seeds each
+    assert rules["sft"] == 4 and rules["soup"] == 2 and rules["reward_model"] == 2 and rules["ppo"] == 8
+    assert rules["tables"] == 1 and rules["landscape"] == 1
+    assert "results/toy/rep2/sft/seed2" in proc.stdout and "results/toy/rep1/reward_model" in proc.stdout
 
 
 def test_unknown_config_key_is_refused(tmp_path):
@@ -53,13 +56,15 @@ def test_schema_lists_only_real_stage_flags():
     from salsa.base import BaseModelConfig
     from salsa.data import PrepareDataConfig
     from salsa.evaluate import EvaluateConfig
+    from salsa.landscape import LandscapeConfig
     from salsa.ppo import PPOConfig
     from salsa.reward import RewardConfig
     from salsa.sft import SFTConfig
 
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
     blocks = {"data": (PrepareDataConfig, {"source", "hub"}), "base_model": (BaseModelConfig, set()),
-              "sft": (SFTConfig, {"seeds", "extra"}), "evaluate": (EvaluateConfig, set()),
+              "sft": (SFTConfig, {"seeds", "extra", "data_subsets"}), "evaluate": (EvaluateConfig, set()),
+              "landscape": (LandscapeConfig, {"pair"}),
               "reward_model": (RewardConfig, {"init", "normalize_policy"})}
     for block, (config_cls, wiring) in blocks.items():
         fields = {f.name for f in dataclasses.fields(config_cls)}
@@ -73,23 +78,34 @@ def test_tiny_workflow_end_to_end_then_caching(tmp_path):
     snakemake(tmp_path, "--configfile", DEFAULT, TINY)
     tables = tmp_path / "results" / "tiny" / "tables"
     summary = pd.read_csv(tables / "summary.csv")
-    expected = {"sft/seed1", "sft/seed2", "soup/uniform", "ppo/ppo/seed1", "ppo/ppo/seed2", "ppo/salsa/seed1",
-                "ppo/salsa/seed2"}
+    expected = {f"rep{r}/{m}" for r in (1, 2)
+                for m in ("sft/seed1", "sft/seed2", "soup/uniform", "ppo/ppo/seed1", "ppo/ppo/seed2", "ppo/salsa/seed1",
+                          "ppo/salsa/seed2")}
     assert set(summary.model) == expected
+    assert sorted(summary.replicate.unique()) == [1, 2]
     for column in ("gold_id", "gold_ood", "proxy_id", "kl_sft_id", "length_id", "empty_id", "rm_winrate_hard",
                    "embedded_mt_score", "embedded_arena_winrate", "judge_failures"):
         assert column in summary.columns, column
-    assert summary.loc[summary.model == "sft/seed1", "kl_sft_id"].item() == 0.0
+    # each replicate's KL yardstick is its own first SFT (rep2's SFTs are redrawn: another seed, other halves)
+    assert (summary.loc[summary.model.str.endswith("/sft/seed1"), "kl_sft_id"] == 0.0).all()
+    assert (summary.loc[summary.model.str.endswith("/sft/seed2"), "kl_sft_id"] != 0.0).all()
+    landscape = pd.read_csv(tmp_path / "results" / "tiny" / "landscape" / "landscape.csv")
+    assert list(landscape.label.unique()) == ["rep1", "rep2"] and sorted(landscape.alpha.unique()) == [-0.5, 0, 0.5, 1]
+    at = landscape.set_index(["label", "alpha"])
+    assert at.loc[("rep1", 0.0), "kl_sft1"] == pytest.approx(0.0, abs=1e-5)  # alpha 0 is SFT1 itself
+    assert at.loc[("rep1", 1.0), "kl_sft2"] == pytest.approx(0.0, abs=1e-5)
+    sft_gold = summary.set_index("model").gold_id
+    assert sft_gold["rep1/sft/seed1"] != sft_gold["rep2/sft/seed1"]
     markdown = (tables / "summary.md").read_text()
     assert "PPO methods over seeds" in markdown and "salsa" in markdown
     # the comparisons the tables generate: SALSA against PPO paired by seed, Holm, power, matched KL, single models
     comparisons = pd.read_csv(tables / "comparisons.csv")
     gold = comparisons[comparisons.metric == "gold_id"]
-    assert gold[["method", "vs", "test"]].values.tolist() == [["salsa", "ppo", "paired (n=2)"]]
+    assert gold[["method", "vs", "test"]].values.tolist() == [["salsa", "ppo", "replicates (n=2)"]]
     assert "## Power" in markdown and "## Gold at matched KL" in markdown and "Holm-adjusted" in markdown
     assert (tables / "matched_kl.csv").stat().st_size > 0
-    assert set(pd.read_csv(tables / "single_models.csv").vs) == {"sft/seed1", "sft/seed2"}
-    assert summary.loc[summary.model == "soup/uniform", "gold_id_ci"].item() > 0
+    assert set(pd.read_csv(tables / "single_models.csv").vs) == {f"rep{r}/sft/seed{s}" for r in (1, 2) for s in (1, 2)}
+    assert summary.loc[summary.model == "rep1/soup/uniform", "gold_id_ci"].item() > 0
     assert (tables / "ppo_curves.png").stat().st_size > 0 and (tables / "frontier.png").stat().st_size > 0
 
     again = snakemake(tmp_path, "-n", "--configfile", DEFAULT, TINY)
@@ -99,7 +115,7 @@ def test_tiny_workflow_end_to_end_then_caching(tmp_path):
     overlay.write_text("ppo:\n  params:\n    kl_coef: 0.2\n")
     changed = snakemake(tmp_path, "-n", "--configfile", DEFAULT, TINY, str(overlay))
     rules = scheduled_rules(changed.stdout)
-    assert rules.get("ppo") == 4
+    assert rules.get("ppo") == 8
     assert set(rules) - {"all"} <= {"ppo", "evaluate", "evaluate_answers", "evaluate_judge", "tables"}, rules
 
 

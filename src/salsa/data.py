@@ -19,6 +19,7 @@ Writes, under the output directory, Hugging Face datasets saved with
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 
 from salsa import artifacts
@@ -61,6 +62,8 @@ class PrepareDataConfig:
     n_ppo_prompts: int = arg(2000, help="PPO prompts")
     n_eval_id: int = arg(200, help="held-out in-distribution evaluation prompts")
     n_eval_ood: int = arg(200, help="out-of-distribution evaluation prompts")
+    heldout_fraction: float = arg(0.25, help="most of a (length, operation) cell's prompts one held-out split "
+                                            "may reserve")
 
     def task_spec(self) -> TaskSpec:
         names = {f.name for f in dataclasses.fields(TaskSpec)}
@@ -68,6 +71,8 @@ class PrepareDataConfig:
 
     def validate(self) -> None:
         self.task_spec()
+        if not 0 < self.heldout_fraction <= 0.45:
+            raise ValueError("heldout_fraction: must be in (0, 0.45] (two held-out splits share each cell)")
 
 
 def build_tokenizer(spec: TaskSpec):
@@ -91,37 +96,79 @@ def _conversation(prompt: str, response: str) -> list[dict]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
 
+def reserve_heldout(rng: random.Random, spec: TaskSpec, counts: dict[str, int], fraction: float) -> dict:
+    """Held-out prompt pools per (list length, operation) cell, drawn before any training data.
+
+    Each split in ``counts`` gets its own pool per cell, sized for its expected
+    draws there with some slack but never more than ``fraction`` of the cell's
+    possible prompts, so short-list cells (only num_symbols**length prompts)
+    keep most of their prompts for training.
+    """
+    lengths = range(spec.min_len, spec.max_len + 1)
+    cells = [(length, op) for length in lengths for op in spec.operations]
+    pools: dict[str, dict] = {name: {} for name in counts}
+    taken: set[tuple] = set()
+    for length, op in cells:
+        space = spec.num_symbols ** length
+        for name, n in counts.items():
+            wanted = math.ceil(1.5 * n / len(cells)) + 4
+            size = max(1, min(wanted, int(fraction * space)))
+            pool: list[Problem] = []
+            while len(pool) < size:
+                numbers = tuple(rng.randrange(spec.num_symbols) for _ in range(length))
+                if (op, numbers) not in taken:
+                    taken.add((op, numbers))
+                    pool.append(Problem(op, numbers))
+            pools[name][(length, op)] = pool
+    return pools
+
+
 def generate(config: PrepareDataConfig) -> dict[str, list[dict]]:
-    """All splits as lists of rows; pure function of the config."""
+    """All splits as lists of rows; pure function of the config.
+
+    Held-out prompts are reserved per (length, operation) cell first; training
+    draws then redraw any reserved prompt within its own cell, and held-out
+    splits pick a cell exactly as training does, then a prompt from that
+    cell's pool. So eval_id and prefs_eval follow the PPO prompts' length and
+    operation distribution, and none of their prompts is seen in training.
+    """
     spec = config.task_spec()
     rng = random.Random(config.seed)
-
-    def problems(n: int, ood: bool = False, exclude: set[str] = frozenset()) -> list[Problem]:
-        out: list[Problem] = []
-        seen = set(exclude)
-        for _ in range(100 * n):
-            if len(out) == n:
-                break
-            problem = sample_problem(rng, spec, ood)
-            if problem.prompt not in seen:
-                seen.add(problem.prompt)
-                out.append(problem)
-        return out
+    pools = reserve_heldout(rng, spec, {"eval_id": config.n_eval_id, "prefs_eval": config.n_prefs_eval},
+                            config.heldout_fraction)
+    reserved = {p.prompt for split in pools.values() for pool in split.values() for p in pool}
 
     def draws(n: int) -> list[Problem]:  # training prompts may repeat, like real data
-        return [sample_problem(rng, spec) for _ in range(n)]
+        out = []
+        for _ in range(n):
+            problem = sample_problem(rng, spec)
+            while problem.prompt in reserved:  # same cell, new numbers: keeps the cell frequencies
+                problem = Problem(problem.op, tuple(rng.randrange(spec.num_symbols) for _ in problem.numbers))
+            out.append(problem)
+        return out
+
+    def heldout(name: str, n: int) -> list[Problem]:
+        """Cells drawn as sample_problem draws them; prompts unique within a cell until its pool runs out."""
+        used = {cell: 0 for cell in pools[name]}
+        out = []
+        for _ in range(n):
+            cell = sample_problem(rng, spec)
+            key = (len(cell.numbers), cell.op)
+            pool = pools[name][key]
+            if used[key] and used[key] % len(pool) == 0:
+                rng.shuffle(pool)
+            out.append(pool[used[key] % len(pool)])
+            used[key] += 1
+        return out
 
     pretrain = [{"messages": _conversation(p.prompt, teacher_response(p, rng, spec, config.pretrain_noise))}
                 for p in draws(config.n_pretrain)]
     sft = [{"messages": _conversation(p.prompt, teacher_response(p, rng, spec))} for p in draws(config.n_sft)]
     prefs_train = [preference_pair(p, rng, spec) for p in draws(config.n_prefs_train)]
     ppo_prompts = [{"prompt": p.prompt} for p in draws(config.n_ppo_prompts)]
-    seen_in_training = ({row["messages"][0]["content"] for row in sft + pretrain}
-                        | {row["prompt"] for row in prefs_train + ppo_prompts})
-    eval_id = problems(config.n_eval_id, exclude=seen_in_training)
-    prefs_eval = [preference_pair(p, rng, spec)
-                  for p in problems(config.n_prefs_eval, exclude=seen_in_training)]
-    eval_ood = problems(config.n_eval_ood, ood=True)
+    eval_id = heldout("eval_id", config.n_eval_id)
+    prefs_eval = [preference_pair(p, rng, spec) for p in heldout("prefs_eval", config.n_prefs_eval)]
+    eval_ood = ood_problems(rng, spec, config.n_eval_ood)
     return {
         "pretrain": pretrain,
         "sft": sft,
@@ -131,6 +178,20 @@ def generate(config: PrepareDataConfig) -> dict[str, list[dict]]:
         "eval_id": [{"prompt": p.prompt, "category": p.op} for p in eval_id],
         "eval_ood": [{"prompt": p.prompt, "category": p.op} for p in eval_ood],
     }
+
+
+def ood_problems(rng: random.Random, spec: TaskSpec, n: int) -> list[Problem]:
+    """Longer lists than any in training, so unseen by construction; unique where the space allows."""
+    out: list[Problem] = []
+    seen: set[str] = set()
+    for _ in range(100 * n):
+        if len(out) == n:
+            break
+        problem = sample_problem(rng, spec, ood=True)
+        if problem.prompt not in seen:
+            seen.add(problem.prompt)
+            out.append(problem)
+    return out
 
 
 def split_source(argv: list[str]) -> tuple[str, list[str]]:

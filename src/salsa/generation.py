@@ -132,5 +132,16 @@ def sample(model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
-    return [tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).strip()
-            for ids, mask in zip(rollout.response_ids, rollout.response_mask)]
+    """Each response's tokens up to its EOS, special tokens kept.
+
+    A `<pad>` or `<unk>` the policy emits before EOS is part of its answer: the
+    reward model and the length see it, so the gold judge must too (it counts
+    any word that is not a list item as a wrong item).
+    """
+    texts = []
+    for ids, mask in zip(rollout.response_ids, rollout.response_mask):
+        tokens = ids[mask.bool()].tolist()
+        if tokens and tokens[-1] == tokenizer.eos_token_id:
+            tokens = tokens[:-1]
+        texts.append(tokenizer.decode(tokens, skip_special_tokens=False).strip())
+    return texts

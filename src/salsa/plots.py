@@ -17,7 +17,7 @@ def plot_curves(results: Path, frame: pd.DataFrame, path: Path) -> None:
     ppo = frame[frame.kind == "ppo"]
     colors = plt.get_cmap("tab20").colors
     for i, (method, group) in enumerate(ppo.groupby("method", sort=False)):
-        curves = [pd.read_csv(results / "ppo" / method / f"seed{seed}" / "metrics.csv") for seed in group.seed]
+        curves = [pd.read_csv(results / model / "metrics.csv") for model in group.model]  # the id is the run's path
         mean = pd.concat(curves).groupby("update").mean(numeric_only=True)
         smooth = mean.rolling(10, min_periods=1).mean()  # rollout batches are noisy
         color = colors[i % len(colors)]

@@ -57,6 +57,8 @@ class PPOConfig:
     max_new_tokens: int = arg(16, help="response length limit")
     temperature: float = arg(1.0, help="sampling temperature (log-probs use the same scaling)")
     lr: float = arg(3e-4, help="learning rate, annealed linearly to zero")
+    warmup_updates: int = arg(0, help="linear learning-rate warm-up over the first N updates: Adam's first steps "
+                                      "move every weight by ~lr whatever its gradient (docs/results.md, early KL jump)")
     adam_eps: float = arg(1e-5, help="Adam epsilon")
     max_grad_norm: float = arg(1.0, help="gradient clipping")
     kl_coef: float = arg(0.05, help="beta: weight of the KL penalty (initial value when adaptive)")
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     # plain Adam as in the reference implementation: no weight decay pulling toward zero
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   eps=config.adam_eps, weight_decay=0.0, fused=device.type in ("cpu", "cuda"))
-    scheduler = training.linear_schedule(optimizer, config.updates)
+    scheduler = training.linear_schedule(optimizer, config.updates, config.warmup_updates)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)

@@ -36,6 +36,10 @@ class SFTConfig:
     max_length: int = arg(64, help="truncate conversations to this many tokens")
     loss_on_prompt: bool = arg(False, help="also train on prompt tokens (pretraining-style)")
     max_examples: int = arg(0, help="use only the first N examples (0 = all)")
+    data_subset: str = arg("all", help="which examples: all, half1 / half2 (disjoint halves of a shuffle), "
+                                       "bootstrap (a resample with replacement)")
+    subset_seed: int = arg(0, help="seed of the shuffle (half1/half2) or resample (bootstrap); the two halves "
+                                   "of one subset_seed are disjoint")
     lora_r: int = arg(0, help="LoRA rank; 0 = full fine-tuning")
     lora_alpha: int = arg(16, help="LoRA alpha")
     lora_dropout: float = arg(0.0, help="LoRA dropout")
@@ -52,6 +56,27 @@ class SFTConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be positive")
+        if self.data_subset not in DATA_SUBSETS:
+            raise ValueError(f"data_subset: expected one of {', '.join(DATA_SUBSETS)}, got {self.data_subset!r}")
+
+
+DATA_SUBSETS = ("all", "half1", "half2", "bootstrap")
+
+
+def subset_indices(n: int, subset: str, subset_seed: int) -> list[int]:
+    """Example indices of one data subset: SFT ingredients that saw different data differ far more than
+    ingredients that differ by seed only (docs/results.md, ingredient distance)."""
+    import random
+
+    rng = random.Random(subset_seed)
+    if subset == "all":
+        return list(range(n))
+    if subset == "bootstrap":
+        return [rng.randrange(n) for _ in range(n)]
+    order = list(range(n))
+    rng.shuffle(order)
+    half = order[:n // 2] if subset == "half1" else order[n // 2:]
+    return sorted(half)
 
 
 def tokenize_conversations(tokenizer, conversations: list[list[dict]], max_length: int,
@@ -109,6 +134,8 @@ def train(config: SFTConfig, model, tokenizer, stage: str = "sft") -> dict:
     accelerator = training.make_accelerator(mixed_precision_mode(config.dtype, config.mixed_precision), config.seed,
                                             training.experiment_trackers(config))
     conversations = load_conversations(config.data, config.max_examples)
+    conversations = [conversations[i] for i in subset_indices(len(conversations), config.data_subset,
+                                                              config.subset_seed)]
     rows = tokenize_conversations(tokenizer, conversations, config.max_length,
                                                           config.loss_on_prompt)
     if config.lora_r > 0 and training.shards_weights(accelerator):

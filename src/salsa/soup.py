@@ -51,6 +51,10 @@ class SoupConfig:
     inputs: list[str] = arg(help="Hugging Face model directories to average (same model)")
     out: str = arg(help="output model directory")
     weights: list[float] = arg([], help="one weight per input, non-negative, summing to 1 (empty: uniform)")
+    allow_extrapolation: bool = arg(False, help="allow negative weights (still summing to 1): points on the "
+                                               "line through the inputs beyond them (salsa.landscape)")
+    distances: bool = arg(True, help="record each input's parameter L2 distance to the soup and to the others "
+                                      "(distances.json; one extra pass of arithmetic, no extra reads)")
     max_shard_size_mb: float = arg(2000.0, help="split the output into shards above this size (MB, 10**6 bytes)")
     seed: int = arg(0, help="recorded only: averaging draws nothing at random")
 
@@ -77,8 +81,11 @@ def _torch_dtype(code: str):
     return codes.get(code)
 
 
-def check_weights(weights: list[float], n_inputs: int) -> list[float]:
-    """Uniform when empty; otherwise one non-negative weight per input, summing to 1."""
+def check_weights(weights: list[float], n_inputs: int, allow_extrapolation: bool = False) -> list[float]:
+    """Uniform when empty; otherwise one non-negative weight per input, summing to 1.
+
+    Negative weights only when asked for: a soup is an average, and a
+    negative weight is almost always a typo; the landscape stage asks."""
     if n_inputs < 1:
         raise artifacts.StageError("--inputs: need at least one model directory")
     if not weights:
@@ -86,8 +93,11 @@ def check_weights(weights: list[float], n_inputs: int) -> list[float]:
     if len(weights) != n_inputs:
         raise artifacts.StageError(f"--weights: got {len(weights)} weights for {n_inputs} inputs")
     for weight in weights:
-        if not (math.isfinite(weight) and weight >= 0):
-            raise artifacts.StageError(f"--weights: weight {weight} is not a finite non-negative number")
+        if not math.isfinite(weight):
+            raise artifacts.StageError(f"--weights: weight {weight} is not a finite number")
+        if weight < 0 and not allow_extrapolation:
+            raise artifacts.StageError(f"--weights: weight {weight} is negative (extrapolation needs "
+                                       "--allow-extrapolation true)")
     total = math.fsum(weights)
     if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
         raise artifacts.StageError(f"--weights: weights sum to {total!r}, not 1 (tolerance {WEIGHT_SUM_TOLERANCE})")
@@ -230,7 +240,33 @@ def _raw_bytes(tensor):
     return tensor.view(torch.uint8).numpy().data
 
 
-def write_averaged_tensor(out_file, name: str, tables: list[dict[str, TensorInfo]], weights: list[float]) -> None:
+class Distances:
+    """Squared parameter distances accumulated slice by slice while the soup is written (no second read)."""
+
+    def __init__(self, n: int):
+        self.to_soup = [0.0] * n
+        self.between = [[0.0] * n for _ in range(n)]
+        self.soup_norm = 0.0
+
+    def add(self, slices: list, soup) -> None:
+        self.soup_norm += float(soup.double().square().sum())
+        for i, x in enumerate(slices):
+            self.to_soup[i] += float((x.double() - soup.double()).square().sum())
+            for j in range(i + 1, len(slices)):
+                d = float((x.double() - slices[j].double()).square().sum())
+                self.between[i][j] += d
+                self.between[j][i] += d
+
+    def summary(self) -> dict:
+        root = [math.sqrt(v) for v in self.to_soup]
+        return {"l2_to_soup": root, "l2_between": [[math.sqrt(v) for v in row] for row in self.between],
+                "l2_soup": math.sqrt(self.soup_norm),
+                "relative_l2_to_soup": [v / math.sqrt(self.soup_norm) if self.soup_norm else math.nan
+                                        for v in root]}
+
+
+def write_averaged_tensor(out_file, name: str, tables: list[dict[str, TensorInfo]], weights: list[float],
+                          distances: Distances | None = None) -> None:
     """Append sum_i w_i * x_i for one tensor, accumulated in float32 (float64 stays float64), cast back once."""
     import torch
 
@@ -257,11 +293,13 @@ def write_averaged_tensor(out_file, name: str, tables: list[dict[str, TensorInfo
             total.add_(tensor[start:stop], alpha=weight)  # upcasts while adding, no float32 copy of the input
         # the single rounding to the output dtype (none when it is the accumulator's)
         out = total if result is accumulator else result[:stop - start].copy_(total)
+        if distances is not None:
+            distances.add([tensor[start:stop] for tensor in tensors], total)
         out_file.write(_raw_bytes(out))
 
 
 def write_soup_weights(tables: list[dict[str, TensorInfo]], weights: list[float], directory: Path,
-                       max_shard_bytes: int) -> dict:
+                       max_shard_bytes: int, distances: Distances | None = None) -> dict:
     import torch
 
     # One thread: the slices are too small to split, and on a busy machine a
@@ -269,13 +307,13 @@ def write_soup_weights(tables: list[dict[str, TensorInfo]], weights: list[float]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _write_shards(tables, weights, directory, max_shard_bytes)
+        return _write_shards(tables, weights, directory, max_shard_bytes, distances)
     finally:
         torch.set_num_threads(threads)
 
 
 def _write_shards(tables: list[dict[str, TensorInfo]], weights: list[float], directory: Path,
-                  max_shard_bytes: int) -> dict:
+                  max_shard_bytes: int, distances: Distances | None = None) -> dict:
     tensors = list(tables[0].values())
     shards = plan_shards(tensors, max_shard_bytes)
     names = ([SINGLE_FILE] if len(shards) == 1 else
@@ -284,7 +322,7 @@ def _write_shards(tables: list[dict[str, TensorInfo]], weights: list[float], dir
         with open(directory / file_name, "wb") as out_file:
             out_file.write(safetensors_header(shard))  # the data follows in exactly the planned order
             for info in shard:
-                write_averaged_tensor(out_file, info.name, tables, weights)
+                write_averaged_tensor(out_file, info.name, tables, weights, distances)
     total_size = sum(info.nbytes for info in tensors)
     if len(shards) > 1:
         weight_map = {info.name: file_name for shard, file_name in zip(shards, names) for info in shard}
@@ -306,14 +344,16 @@ def copy_non_weight_files(source: Path, directory: Path) -> list[str]:
 
 
 def average_checkpoints(inputs: list[Path], weights: list[float], out: Path, max_shard_bytes: int,
-                        *, config: object = None, seed: int | None = None, finish=None) -> dict:
+                        *, config: object = None, seed: int | None = None, allow_extrapolation: bool = False,
+                        distances: bool = False, finish=None) -> dict:
     """Write the weighted average of ``inputs`` to ``out``; return a summary. Checks everything first.
 
+    With ``distances``, also the parameter L2 distance of each input to the soup and between inputs
+    (floating tensors only), written to distances.json: how different the ingredients are.
     ``finish(directory) -> dict``, if given, runs on the written soup before it is renamed into
-    place (e.g. a reward soup recomputes its normalisation); its dict goes into salsa_meta.json.
-    """
+    place (e.g. a reward soup recomputes its normalisation); its dict goes into salsa_meta.json."""
     inputs, out = [Path(p) for p in inputs], Path(out)
-    weights = check_weights(list(weights), len(inputs))
+    weights = check_weights(list(weights), len(inputs), allow_extrapolation)
     if max_shard_bytes <= 0:
         raise artifacts.StageError(f"max shard size: must be positive, got {max_shard_bytes}")
     if any(out.resolve() == p.resolve() for p in inputs):
@@ -326,18 +366,23 @@ def average_checkpoints(inputs: list[Path], weights: list[float], out: Path, max
         config = {"inputs": inputs, "weights": weights, "out": out, "max_shard_bytes": max_shard_bytes}
 
     with artifacts.atomic_dir(out) as tmp:
-        summary = write_soup_weights(tables, weights, tmp, max_shard_bytes)
+        tracker = Distances(len(inputs)) if distances else None
+        summary = write_soup_weights(tables, weights, tmp, max_shard_bytes, tracker)
         summary["copied"] = copy_non_weight_files(inputs[0], tmp)
+        extra = {"ingredients": [str(p) for p in inputs], "weights": weights}
+        if tracker is not None:
+            summary["distances"] = {**extra, **tracker.summary()}
+            artifacts.write_json(tmp / "distances.json", summary["distances"])
         finished = finish(tmp) if finish is not None else {}
-        artifacts.write_metadata(tmp, "soup", config, seed, extra={
-            "ingredients": [str(p) for p in inputs], "weights": weights, **finished})
+        artifacts.write_metadata(tmp, "soup", config, seed, extra={**extra, **finished})
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse(SoupConfig, argv)
     summary = average_checkpoints([Path(p) for p in config.inputs], config.weights, Path(config.out),
-                                  int(config.max_shard_size_mb * 10**6), config=config, seed=config.seed)
+                                  int(config.max_shard_size_mb * 10**6), config=config, seed=config.seed,
+                                  allow_extrapolation=config.allow_extrapolation, distances=config.distances)
     print(f"soup: averaged {summary['tensors']} tensors of {len(config.inputs)} models "
           f"into {len(summary['files'])} file(s), {summary['total_size'] / 1e6:.1f} MB, in {config.out}")
 

@@ -46,6 +46,15 @@ class TablesConfig:
     primary: str = arg("salsa", help="method family whose difference from the reference sets the power statement")
 
 
+def split_replicate(model_id: str) -> tuple[str, str]:
+    """'rep2/ppo/salsa/seed1' -> ('2', 'ppo/salsa/seed1'); ids without the prefix -> ('', id) (the path prefix;
+    parse_model_id reports such ids as replicate 1)."""
+    head, _, rest = model_id.partition("/")
+    if rest and head.startswith("rep") and head[3:].isdigit():
+        return head[3:], rest
+    return "", model_id
+
+
 def parse_model_id(model_id: str) -> dict:
     """kind, method, seed and replicate of a model id; an outer replicate is a leading rep<R>/ (default: 1)."""
     parts = model_id.split("/")
@@ -63,8 +72,8 @@ def _parse_parts(parts: list[str], model_id: str) -> dict:
     if parts[0] in ("sft", "soup") and len(parts) == 2:
         return {"kind": parts[0], "method": parts[1], "seed": parts[1].removeprefix("seed")
                 if parts[1].startswith("seed") else ""}
-    raise artifacts.StageError(f"model id {model_id!r}: expected sft/<name>, soup/<name>, "
-                               "ppo/<method>/seed<N> or dpo/<method>/seed<N>")
+    raise artifacts.StageError(f"model id {model_id!r}: expected [rep<r>/]sft/<name>, [rep<r>/]soup/<name>, "
+                               "[rep<r>/]ppo/<method>/seed<N> or dpo/<method>/seed<N>")
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -72,19 +81,42 @@ def read_samples(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle]
 
 
+def gold_breakdown(samples: list[dict]) -> dict:
+    """Gold per list length and per operation (gold_id_len3, gold_id_sort, ...) for embedded-task samples."""
+    from salsa.task import parse_prompt
+
+    groups: dict[str, list[float]] = {}
+    for record in samples:
+        if record.get("gold") is None:
+            continue
+        try:
+            problem = parse_prompt(record["prompt"])
+        except ValueError:
+            return {}
+        for key in (f"len{len(problem.numbers)}", problem.op):
+            groups.setdefault(f"gold_{record['split']}_{key}", []).append(record["gold"])
+    return {key: sum(values) / len(values) for key, values in sorted(groups.items())}
+
+
 def collect_rows(config: TablesConfig) -> pd.DataFrame:
     from salsa.benchmarks.win_rate import reward_win_rate
 
     results = Path(config.results)
-    baseline = config.baseline or config.models[0]
-    baseline_samples = {(r["split"], r["prompt"]): r["proxy"]
-                        for r in read_samples(results / "eval" / baseline / "samples.jsonl")}
+    baseline = split_replicate(config.baseline or config.models[0])[1]
+    baselines: dict[str, dict] = {}  # per replicate: each model against its own replicate's baseline
     rows = []
     for model_id in config.models:
         row = {"model": model_id, **parse_model_id(model_id)}
+        prefix = split_replicate(model_id)[0]
+        if prefix not in baselines:
+            own = f"rep{prefix}/{baseline}" if prefix else baseline
+            baselines[prefix] = {(r["split"], r["prompt"]): r["proxy"]
+                                 for r in read_samples(results / "eval" / own / "samples.jsonl")}
+        baseline_samples = baselines[prefix]
         row.update(artifacts.read_json(results / "eval" / model_id / "metrics.json"))
         samples = read_samples(results / "eval" / model_id / "samples.jsonl")
         row.update(prompt_intervals(samples, config.n_boot, config.seed))
+        row.update(gold_breakdown(samples))
         paired = [(r["proxy"], baseline_samples[("id", r["prompt"])]) for r in samples
                   if r["split"] == "id" and ("id", r["prompt"]) in baseline_samples]
         if paired:
