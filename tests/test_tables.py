@@ -112,3 +112,17 @@ def test_a_single_method_has_nothing_to_compare():
     assert tables.compare_methods(frame, "ppo", ["gold_id"]).empty
     with pytest.raises(tables.artifacts.StageError, match="ppo-kl_coef0.1"):  # a typo is refused
         tables.compare_methods(frame, "ppo-kl_coef0.1", ["gold_id"])
+
+
+def test_power_with_one_seed_per_replicate_counts_replicates_only():
+    # salsa - ppo per replicate: 0.03, 0.01, 0.04 -> sd 0.015275, half-width t(2) 4.3027 * sd / sqrt(3) = 0.0379;
+    # halving needs t(n-1) * sd / sqrt(n) <= 0.01897: n = 4 gives 0.0243, n = 5 gives 0.01897
+    frame = pd.concat([run_frame({"ppo": [gold_ppo], "salsa": [gold_salsa]}, f"rep{r}/")
+                       for r, (gold_ppo, gold_salsa) in enumerate([(0.70, 0.73), (0.72, 0.73), (0.74, 0.78)], 1)],
+                      ignore_index=True)
+    comparisons = tables.compare_methods(frame, "ppo", ["gold_id"])
+    row = comparisons.iloc[0]
+    assert row.test == "replicates (n=3)" and row["diff"] == pytest.approx(0.026667, abs=1e-6)
+    assert row.diff_ci == pytest.approx(0.03795, abs=1e-4)
+    power = "\n".join(tables.render_power(comparisons, "salsa"))
+    assert "±0.038" in power and "Halving the interval takes 5 replicates instead of 3" in power

@@ -360,6 +360,16 @@ def render_power(comparisons: pd.DataFrame, primary: str) -> list[str]:
     lines = []
     for _, row in rows.iterrows():
         replicates, seeds = int(row.replicates), int(round(row.seeds))
+        if replicates > 1 and seeds < 2 and not math.isnan(row.var_replicate_means):
+            # one seed per replicate: the two variance levels cannot be told apart, only replicates can shrink it
+            cost = stats.halving_cost(row.var_replicate_means, 0.0, replicates, 1)
+            se = cost["half_width"] / stats.t_quantile(replicates - 1)
+            lines.append(f"* `{row.method}` − `{row.vs}` ({row.test}): the design resolves gold differences larger "
+                         f"than ±{fmt(row.diff_ci)} (a true difference of "
+                         f"{fmt(stats.detectable_at_power(se, replicates - 1))} is detected with 80% power). One PPO "
+                         "seed per replicate: outer and seed variance are not separated. Halving the interval "
+                         f"takes {cost['replicates_needed']} replicates instead of {replicates}.")
+            continue
         between = row.var_between if replicates > 1 else 0.0
         if math.isnan(row.var_within) or seeds < 2:
             continue
