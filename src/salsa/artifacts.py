@@ -8,6 +8,7 @@ end, so a crash or a kill never leaves a directory that looks finished.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import datetime as _dt
 import json
@@ -81,6 +82,14 @@ def atomic_text_file(path: str | Path, prefix: str | None = None):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """Rows of equal keys as CSV with a header (the first row's keys)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def write_json(path: str | Path, payload: Any) -> None:

@@ -18,11 +18,9 @@ accuracy on prefs_eval is logged as the run goes.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -214,20 +212,13 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.is_main_process:
         with artifacts.atomic_dir(config.out) as tmp:
             save_model(policy, tokenizer, tmp / "model")
-            _write_csv(tmp / "metrics.csv", rows)
+            artifacts.write_csv(tmp / "metrics.csv", rows)
             artifacts.write_json(tmp / "summary.json", summary)
             artifacts.write_metadata(tmp, "dpo", config, config.seed,
                                      extra={"eval_accuracy": summary["eval_accuracy"]})
         training.clear_checkpoints(config.out)
     print(f"dpo: {config.loss} beta {config.beta}, {config.steps} steps in {summary['seconds']:.1f}s; "
           f"held-out implicit-reward accuracy {summary['eval_accuracy']:.3f} -> {config.out}")
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 if __name__ == "__main__":

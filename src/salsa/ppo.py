@@ -18,7 +18,6 @@ details of RLHF with PPO", for the choices):
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -366,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.is_main_process:
         with artifacts.atomic_dir(config.out) as tmp:
             save_model(policy, tokenizer, tmp / "model")
-            _write_csv(tmp / "metrics.csv", rows)
+            artifacts.write_csv(tmp / "metrics.csv", rows)
             with open(tmp / "rollouts.jsonl", "w") as handle:
                 for record in rollout_log:
                     handle.write(json.dumps(record) + "\n")
@@ -388,13 +387,6 @@ def _rollout_records(update, prompts, texts, rollout: Rollout, scores, sequence_
             "gold": gold(prompts[i], texts[i]) if gold else None,
         })
     return records
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 if __name__ == "__main__":
