@@ -282,6 +282,14 @@ def reward_dir(ref="reward_model", rep=None):
     raise ValueError(f"unknown reward model {ref!r}")
 
 
+def reward_model_ids():
+    """Every reward model of the run as a path under results/<experiment>/ (the tables report each one)."""
+    ids = [reward_dir("reward_model", r) for r in replicate_numbers()]
+    ids += [reward_dir(f"reward/{name}") for name in config.get("reward_models", {})]
+    ids += [reward_dir(f"reward_soup/{name}") for name in config.get("reward_soups", {})]
+    return [os.path.relpath(path, RESULTS) for path in ids]
+
+
 def reward_settings(name):
     return {**config["reward_model"], **config.get("reward_models", {})[name]}
 

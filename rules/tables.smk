@@ -3,7 +3,8 @@ rule tables:
         evals=[result("eval", m) for m in evaluated_models()],
         runs=[model_dir(r) for r in ppo_run_ids()],
         judged=[result("bench", b, m, "judged") for b in enabled_benchmarks() for m in evaluated_models()],
-        src=src("tables", "stats", "plots", "benchmarks.win_rate"),
+        rewards=[result(r) for r in reward_model_ids()],
+        src=src("tables", "stats", "plots", "reward_report", "benchmarks.win_rate"),
     output:
         summary=report(result("tables", "summary.md"), category="Summary"),
         csv=report(result("tables", "summary.csv"), category="Summary"),
@@ -13,6 +14,8 @@ rule tables:
                           caption="../docs/report/matched_kl.rst"),
         single_models=report(result("tables", "single_models.csv"), category="Summary",
                              caption="../docs/report/single_models.rst"),
+        reward_models=report(result("tables", "reward_models.csv"), category="Summary",
+                             caption="../docs/report/reward_models.rst"),
         curves=report(result("tables", "ppo_curves.png"), category="Plots",
                       caption="../docs/report/ppo_curves.rst"),
         frontier=report(result("tables", "frontier.png"), category="Plots",
@@ -22,6 +25,7 @@ rule tables:
         baseline=config.get("tables", {}).get("baseline", first_sft()),
         reference_method=config.get("tables", {}).get("reference_method", next(iter(PPO_METHODS))),
         out=result("tables"),
+        rewards=reward_model_ids(),
     log:
         result("logs", "tables.log"),
     resources:
@@ -30,4 +34,4 @@ rule tables:
         "../envs/salsa.yaml"
     shell:
         "exec python -m salsa.tables --results {RESULTS} --models {params.models} --baseline {params.baseline}"
-        " --reference-method {params.reference_method} --out {params.out} > {log} 2>&1"
+        " --reference-method {params.reference_method} --reward-models {params.rewards} --out {params.out} > {log} 2>&1"

@@ -38,7 +38,7 @@ def plot_curves(results: Path, frame: pd.DataFrame, path: Path) -> None:
 
 
 def plot_frontier(frame: pd.DataFrame, path: Path, curves: dict | None = None) -> None:
-    """One point per final model; `curves` (family -> (KL grid, fitted gold)) are the matched-KL fits."""
+    """One point per final model (PPO and DPO runs, SFTs, soups); `curves` (family -> (KL grid, fitted gold)) are the matched-KL fits."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -49,8 +49,10 @@ def plot_frontier(frame: pd.DataFrame, path: Path, curves: dict | None = None) -
             part = frame[frame.kind == kind]
             ax.scatter(part.kl_sft_id, part[metric], marker=marker, color="black", label=kind)
         palette = plt.get_cmap("tab20").colors  # enough distinct colours for a sweep plus ablations
-        for i, (method, group) in enumerate(frame[frame.kind == "ppo"].groupby("method", sort=False)):
-            ax.scatter(group.kl_sft_id, group[metric], label=method, alpha=0.8, color=palette[i % len(palette)])
+        trained = frame[frame.kind.isin(["ppo", "dpo"])]  # DPO runs (method dpo/<name>) as crosses beside PPO's
+        for i, (method, group) in enumerate(trained.groupby("method", sort=False)):
+            ax.scatter(group.kl_sft_id, group[metric], label=method, alpha=0.8, color=palette[i % len(palette)],
+                       marker="x" if method.startswith("dpo/") else "o")
         if metric == "gold_id":
             for family, (grid, fitted) in (curves or {}).items():
                 ax.plot(grid, fitted, linestyle="--", linewidth=1, label=f"{family} fit")

@@ -64,6 +64,17 @@ def mean_interval(values, level: float = LEVEL) -> Interval:
     return _t_test(float(x.mean()), float(x.std(ddof=1) / math.sqrt(n)), n - 1, level, "mean", n)
 
 
+def wilson_interval(successes: float, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval of a proportion (e.g. a reward model's accuracy on n held-out pairs)."""
+    if n <= 0:
+        return math.nan, math.nan
+    z = float(scipy_stats.norm.ppf(0.5 + level / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    spread = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - spread, centre + spread
+
+
 def welch_difference(a, b, level: float = LEVEL) -> Interval:
     """mean(a) - mean(b) with Welch's interval: unpooled variances, Welch-Satterthwaite df (not rounded)."""
     a, b = _clean(a), _clean(b)

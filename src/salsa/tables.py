@@ -4,7 +4,8 @@ Writes summary.csv (every model, with prompt-level bootstrap intervals as
 <metric>_ci), methods.csv (every PPO method over seeds), comparisons.csv (each
 method against the reference method at the same sweep value, every metric,
 with Holm-adjusted p-values), matched_kl.csv (gold at matched KL to the first
-SFT), summary.md (the tables a reader decides from), ppo_curves.png (gold and
+SFT), reward_models.csv (each reward model's held-out accuracy and the gold of
+the runs trained with it), summary.md (the tables a reader decides from), ppo_curves.png (gold and
 proxy reward against KL during PPO training) and frontier.png (final gold and
 proxy reward against KL to the first SFT, one point per run).
 
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from salsa import artifacts, stats
+from salsa.reward_report import render_reward_models, reward_models_frame
 from salsa.plots import plot_curves, plot_frontier
 from salsa.args import arg, parse
 
@@ -43,6 +45,8 @@ class TablesConfig:
     reference_method: str = arg("ppo", help="PPO method the others are compared with")
     seed: int = arg(0, help="bootstrap seed (win rates, single-model intervals, matched KL)")
     n_boot: int = arg(1000, help="bootstrap resamples")
+    reward_models: list[str] = arg([], help="reward-model directories under --results (reward_model, "
+                                   "rep1/reward_model, reward/seed2, reward_soup/uniform): accuracy and gold per model")
     primary: str = arg("salsa", help="method family whose difference from the reference sets the power statement")
 
 
@@ -282,7 +286,8 @@ def pm(value, half) -> str:
 
 
 def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.DataFrame, matched: pd.DataFrame,
-                    config: TablesConfig, singles: pd.DataFrame | None = None) -> str:
+                    config: TablesConfig, singles: pd.DataFrame | None = None,
+                    rewards: pd.DataFrame | None = None) -> str:
     metrics = shown_metrics(frame)
     baseline = config.baseline or config.models[0]
     parts = ["# Summary", "",
@@ -321,6 +326,8 @@ def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.Data
         parts += render_power(comparisons, config.primary)
     if len(matched):
         parts += render_matched(matched)
+    if rewards is not None:
+        parts += render_reward_models(rewards, fmt)
     return "\n".join(parts)
 
 
@@ -444,13 +451,15 @@ def main(argv: list[str] | None = None) -> None:
     comparisons = compare_methods(frame, config.reference_method, shown_metrics(frame))
     matched = matched_kl_frame(frame, config.reference_method, config.n_boot, config.seed)
     singles = single_model_differences(Path(config.results), frame, config.n_boot, config.seed)
+    rewards = reward_models_frame(Path(config.results), config.reward_models, frame)
     with artifacts.atomic_dir(config.out) as tmp:
         frame.to_csv(tmp / "summary.csv", index=False)
         agg.to_csv(tmp / "methods.csv", index=False)
         comparisons.to_csv(tmp / "comparisons.csv", index=False)
         matched.to_csv(tmp / "matched_kl.csv", index=False)
         singles.to_csv(tmp / "single_models.csv", index=False)
-        (tmp / "summary.md").write_text(render_markdown(frame, agg, comparisons, matched, config, singles))
+        rewards.to_csv(tmp / "reward_models.csv", index=False)
+        (tmp / "summary.md").write_text(render_markdown(frame, agg, comparisons, matched, config, singles, rewards))
         plot_curves(Path(config.results), frame, tmp / "ppo_curves.png")
         plot_frontier(frame, tmp / "frontier.png", fitted_curves(frame))
         artifacts.write_metadata(tmp, "tables", config, config.seed)

@@ -1,0 +1,74 @@
+"""The reward-model section of the tables: each reward model's held-out accuracy and the gold reached with it.
+
+A PPO run names its reward model in its own metadata (salsa_meta.json, config.reward_model), so the
+attribution is read from the run, not from the config the tables were called with. Accuracy is over the
+held-out preference pairs (prefs_eval) with a Wilson interval; gold is the mean over the runs trained
+with that reward model, per method, with a t-interval over seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from salsa import artifacts, stats
+
+
+def reward_of_run(results: Path, model_id: str) -> str:
+    """The reward model a PPO run was trained with, as a path under results/ (e.g. 'rep1/reward_model')."""
+    meta = artifacts.read_json(results / model_id / "salsa_meta.json")
+    path = Path(meta["config"]["reward_model"])
+    try:
+        return path.relative_to(results).as_posix()
+    except ValueError:  # trained against a reward model outside this experiment
+        return path.as_posix()
+
+
+def accuracy_rows(results: Path, reward_ids: list[str]) -> pd.DataFrame:
+    rows = []
+    for reward in reward_ids:
+        held_out = artifacts.read_json(results / reward / "reward_eval.json")["eval"]
+        pairs = int(held_out["pairs"])
+        lower, upper = stats.wilson_interval(held_out["accuracy"] * pairs, pairs)
+        rows.append({"reward": reward, "eval_accuracy": held_out["accuracy"], "pairs": pairs,
+                     "accuracy_lower": lower, "accuracy_upper": upper})
+    return pd.DataFrame(rows, columns=["reward", "eval_accuracy", "pairs", "accuracy_lower", "accuracy_upper"])
+
+
+def reward_models_frame(results: Path, reward_ids: list[str], frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (reward model, PPO method trained with it); reward models no run used get one row alone.
+    Without reward models (tables run by hand without --reward-models) the section is left out."""
+    if not reward_ids:
+        return pd.DataFrame()
+    accuracy = accuracy_rows(results, reward_ids)
+    ppo = frame[frame.kind == "ppo"]
+    runs = pd.DataFrame({"reward": [reward_of_run(results, m) for m in ppo.model], "method": list(ppo.method),
+                         "gold_id": list(ppo.get("gold_id", pd.Series(float("nan"), index=ppo.index)))})
+    rows = []
+    for _, model in accuracy.iterrows():
+        used = runs[runs.reward == model.reward]
+        if used.empty:
+            rows.append({**model.to_dict(), "method": "", "runs": 0})
+        for method, group in used.groupby("method", sort=False):
+            gold = stats.mean_interval(group.gold_id)
+            rows.append({**model.to_dict(), "method": method, "runs": len(group),
+                         "gold_id": gold.estimate, "gold_id_ci": gold.half_width})
+    unknown = sorted(set(runs.reward) - set(accuracy.reward))
+    if unknown:
+        raise artifacts.StageError(f"PPO runs were trained with reward models not passed to --reward-models: {unknown}")
+    return pd.DataFrame(rows)
+
+
+def render_reward_models(table: pd.DataFrame, fmt) -> list[str]:
+    if table.empty:
+        return []
+    lines = ["## Reward models", "",
+             "Held-out accuracy on the preference pairs no reward model trained on (Wilson 95% interval), and the "
+             "gold of the PPO runs trained with each (mean ± t-interval over those runs; – = no run used it).", "",
+             "| reward model | accuracy [95% CI] | pairs | method | runs | gold_id |", "|---|---|---|---|---|---|"]
+    for _, row in table.iterrows():
+        gold = f"{fmt(row.get('gold_id'))} ± {fmt(row.get('gold_id_ci'))}" if row.runs else "–"
+        lines.append(f"| {row.reward} | {fmt(row.eval_accuracy)} [{fmt(row.accuracy_lower)}, "
+                     f"{fmt(row.accuracy_upper)}] | {row.pairs} | {row.method or '–'} | {row.runs} | {gold} |")
+    return lines + [""]

@@ -1,0 +1,56 @@
+"""The tables' reward-model section: accuracy intervals and which runs each reward model trained."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from salsa import reward_report, stats, tables
+
+
+def test_wilson_interval_matches_the_textbook_value():
+    # 80 of 100: Wilson 95% [0.7112, 0.8666]; the normal approximation would give [0.7216, 0.8784]
+    lower, upper = stats.wilson_interval(80, 100)
+    assert lower == pytest.approx(0.7112, abs=1e-4) and upper == pytest.approx(0.8666, abs=1e-4)
+    assert stats.wilson_interval(0, 10)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+
+@pytest.fixture
+def results(tmp_path):
+    root = tmp_path / "results" / "exp"
+    for reward, accuracy, pairs in (("reward_model", 0.75, 1000), ("reward_soup/uniform", 0.8, 100),
+                                    ("reward/seed2", 0.7, 100)):
+        (root / reward).mkdir(parents=True)
+        (root / reward / "reward_eval.json").write_text(json.dumps({"eval": {"accuracy": accuracy, "pairs": pairs}}))
+    runs = {"ppo/ppo/seed1": ("reward_model", 0.70), "ppo/ppo/seed2": ("reward_model", 0.74),
+            "ppo/warm_ppo/seed1": ("reward_soup/uniform", 0.80), "ppo/warm_ppo/seed2": ("reward_soup/uniform", 0.84)}
+    rows = []
+    for model, (reward, gold) in runs.items():
+        (root / model).mkdir(parents=True)
+        meta = {"config": {"reward_model": (root / reward).as_posix()}}
+        (root / model / "salsa_meta.json").write_text(json.dumps(meta))
+        rows.append({"model": model, **tables.parse_model_id(model), "gold_id": gold})
+    return root, pd.DataFrame(rows)
+
+
+def test_each_run_is_attributed_to_the_reward_model_in_its_own_metadata(results):
+    root, frame = results
+    table = reward_report.reward_models_frame(root, ["reward_model", "reward_soup/uniform", "reward/seed2"], frame)
+    by_reward = table.set_index("reward")
+    assert by_reward.loc["reward_model", "method"] == "ppo"
+    assert by_reward.loc["reward_model", "gold_id"] == pytest.approx(0.72)
+    assert by_reward.loc["reward_soup/uniform", "method"] == "warm_ppo"
+    assert by_reward.loc["reward_soup/uniform", "gold_id"] == pytest.approx(0.82)
+    # two runs 0.04 apart: t(1) * 0.02 = 12.706 * 0.02
+    assert by_reward.loc["reward_soup/uniform", "gold_id_ci"] == pytest.approx(12.7062 * 0.02, abs=1e-3)
+    assert by_reward.loc["reward/seed2", "runs"] == 0  # a WARM ingredient no run used still gets its accuracy
+    assert by_reward.loc["reward_soup/uniform", "accuracy_lower"] == pytest.approx(0.7112, abs=1e-4)
+    text = "\n".join(reward_report.render_reward_models(table, tables.fmt))
+    assert "| reward_soup/uniform | 0.800 [0.711, 0.867] | 100 | warm_ppo | 2 | 0.820 ± 0.254 |" in text
+
+
+def test_a_run_whose_reward_model_is_not_listed_is_refused(results):
+    root, frame = results
+    with pytest.raises(tables.artifacts.StageError, match="reward_soup/uniform"):
+        reward_report.reward_models_frame(root, ["reward_model"], frame)
