@@ -5,7 +5,7 @@ import sys
 
 # Jobs run `python -m salsa.<stage>`: make that the interpreter running Snakemake
 # (e.g. .venv/bin/python) unless a conda env (--sdm conda) is activated on top.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.getenv("PATH", "")]))
 
 EXPERIMENT = config["experiment"]
 RESULTS = f"results/{EXPERIMENT}"
@@ -35,8 +35,7 @@ def result(*parts):
 def src(*modules):
     """Stage sources as inputs: editing a module reruns the stages that import it. Relative to the
     working directory, so moving the checkout (with its results/) reruns nothing."""
-    return [os.path.relpath(os.path.join(workflow.basedir, "src", "salsa", m.replace(".", "/") + ".py"))
-            for m in modules]
+    return [os.path.relpath(f"{os.path.join(workflow.basedir, 'src', 'salsa', *m.split('.'))}.py") for m in modules]
 
 
 def cli(params, skip=()):
@@ -45,7 +44,7 @@ def cli(params, skip=()):
     for key, value in params.items():
         if key in CLI_EXCLUDED or key in skip:
             continue
-        flag = "--" + key.replace("_", "-")
+        flag = f"--{key.replace('_', '-')}"
         if isinstance(value, (list, tuple)):
             flags += [flag, *map(str, value)]
         elif value is None:
@@ -59,8 +58,9 @@ def tracking(*run):
     """Tracker flags of a training stage (config `report_to`); empty when off, so commands stay unchanged."""
     if not config.get("report_to"):
         return ""
-    return " " + cli({"report_to": config["report_to"], "tracking_dir": result("tracking"),
-                      "run_name": "/".join(map(str, run))})
+    flags = cli({"report_to": config["report_to"], "tracking_dir": result("tracking"),
+                 "run_name": "/".join(map(str, run))})
+    return f" {flags}"
 
 
 def resources_for(stage, key, default=None):
@@ -93,8 +93,9 @@ def launcher(stage, salsa_module=None):
         raise ValueError(f"resources.{stage}.gpus: {stage} runs in one process; use gpus 0 or 1")
     name = resources_for(stage, "accelerate_config", "ddp")
     path = name if name.endswith(".yaml") else os.path.join(workflow.basedir, "config", "accelerate", f"{name}.yaml")
-    return "exec " + shlex.join(["accelerate", "launch", "--config_file", path, "--num_processes", str(gpus),
-                                 "-m", f"salsa.{salsa_module}"]) + every
+    command = shlex.join(["accelerate", "launch", "--config_file", path, "--num_processes", str(gpus),
+                          "-m", f"salsa.{salsa_module}"])
+    return f"exec {command}{every}"
 
 
 def stage_resources(stage):
@@ -193,7 +194,8 @@ def model_path(ref):
     """The loadable model directory (a PPO or DPO run keeps its policy in model/; base may be a Hub id)."""
     if split_replicate(ref)[1] == "base":
         return base_model_path()
-    return model_dir(ref) + ("/model" if split_replicate(ref)[1].startswith(("ppo/", "dpo/")) else "")
+    trained = split_replicate(ref)[1].startswith(("ppo/", "dpo/"))
+    return os.path.join(model_dir(ref), "model") if trained else model_dir(ref)
 
 
 def is_gguf(model):
@@ -217,7 +219,7 @@ def data_args():
         hub = dict(config["data"].get("hub", {}))
         if "tokenizer" not in hub and config["base_model"].get("model"):
             hub["tokenizer"] = config["base_model"]["model"]  # count lengths in the model's own tokens
-        return "--source hub " + cli({"seed": config["data"].get("seed", 0), **hub})
+        return f"--source hub {cli({'seed': config['data'].get('seed', 0), **hub})}"
     return cli(config["data"], skip={"source", "hub"})
 
 
@@ -326,3 +328,34 @@ def summary_outputs():
     if "landscape" in config and len(landscape_pair()) == 2:
         outputs.append(result("landscape"))
     return outputs
+
+
+# Benchmarks (rules/evaluate.smk)
+def benchmark_setting(benchmark, key, default=None):
+    return config.get("benchmarks", {}).get(benchmark, {}).get(key, default)
+
+
+def benchmark_data(benchmark):
+    """Embedded protocols read the prepared data; the public ones their fetched (or copied) files."""
+    if benchmark.startswith("embedded_"):
+        return result("data")
+    return result("benchmark_data", benchmark)
+
+
+def bench_stage(stage, fallback):
+    """resources.<stage> when the config has one, else <fallback>'s (answers load the policy like evaluate)."""
+    return stage if stage in config.get("resources", {}) else fallback
+
+
+def local_judge_model(benchmark):
+    """A local judge's model directory is an input: missing, the dry run says so; changed, the judge reruns."""
+    model = benchmark_setting(benchmark, "judging", {}).get("judge_model")
+    return [model] if benchmark_setting(benchmark, "judge") == "local" and model else []
+
+
+def judge_baseline(benchmark, model=""):
+    """The baseline's answers; with replicates, the baseline of the judged model's own replicate."""
+    baseline = benchmark_setting(benchmark, "baseline")
+    if not baseline:
+        return []
+    return [result("bench", benchmark, in_replicate(baseline, split_replicate(model)[0]), "answers.jsonl")]

@@ -27,28 +27,6 @@ rule evaluate:
         " --threads {threads} {params.args} > {log} 2>&1"
 
 
-def benchmark_setting(benchmark, key, default=None):
-    return config.get("benchmarks", {}).get(benchmark, {}).get(key, default)
-
-
-def benchmark_data(benchmark):
-    """Embedded protocols read the prepared data; the public ones their fetched (or copied) files."""
-    if benchmark.startswith("embedded_"):
-        return result("data")
-    return result("benchmark_data", benchmark)
-
-
-def bench_stage(stage, fallback):
-    """resources.<stage> when the config has one, else <fallback>'s (answers load the policy like evaluate)."""
-    return stage if stage in config.get("resources", {}) else fallback
-
-
-def local_judge_model(benchmark):
-    """A local judge's model directory is an input: missing, the dry run says so; changed, the judge reruns."""
-    model = benchmark_setting(benchmark, "judging", {}).get("judge_model")
-    return [model] if benchmark_setting(benchmark, "judge") == "local" and model else []
-
-
 # Downloads run where Snakemake runs (a cluster's login node has the network its compute nodes may lack).
 localrules: fetch_benchmark
 
@@ -100,14 +78,6 @@ rule evaluate_answers:
         launcher(bench_stage("bench_answer", "evaluate"), "benchmarks.answer") + " --model {params.model}"
         " --model-id {wildcards.model} --benchmark {wildcards.benchmark} --data-dir {input.data} --out {output}"
         " --seed {params.seed} --threads {threads} --progress false {params.args} > {log} 2>&1"
-
-
-def judge_baseline(benchmark, model=""):
-    """The baseline's answers; with replicates, the baseline of the judged model's own replicate."""
-    baseline = benchmark_setting(benchmark, "baseline")
-    if not baseline:
-        return []
-    return [result("bench", benchmark, in_replicate(baseline, split_replicate(model)[0]), "answers.jsonl")]
 
 
 rule evaluate_judge:

@@ -28,8 +28,8 @@ rule sft:
     output:
         directory(result("{rp}sft", "{sft}")),
     params:
-        model=base_model_path(),
-        args=lambda w: cli(sft_settings(w.sft, wildcard_replicate(w.rp))) + tracking(w.rp + "sft", w.sft),
+        model=lambda w: base_model_path(),  # input.base, or the Hub id / local path of a real model
+        args=lambda w: cli(sft_settings(w.sft, wildcard_replicate(w.rp))) + tracking(f"{w.rp}sft", w.sft),
     threads: THREADS
     log:
         result("logs", "{rp}sft", "{sft}.log"),

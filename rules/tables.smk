@@ -24,7 +24,8 @@ rule tables:
         models=evaluated_models(),
         baseline=config.get("tables", {}).get("baseline", first_sft()),
         reference_method=config.get("tables", {}).get("reference_method", next(iter(PPO_METHODS))),
-        out=result("tables"),
+        results=lambda w: RESULTS,  # the experiment directory the model ids are relative to
+        out=lambda w, output: os.path.dirname(output.summary),
         rewards=reward_model_ids(),
     log:
         result("logs", "tables.log"),
@@ -33,5 +34,5 @@ rule tables:
     conda:
         "../envs/salsa.yaml"
     shell:
-        "exec python -m salsa.tables --results {RESULTS} --models {params.models} --baseline {params.baseline}"
+        "exec python -m salsa.tables --results {params.results} --models {params.models} --baseline {params.baseline}"
         " --reference-method {params.reference_method} --reward-models {params.rewards} --out {params.out} > {log} 2>&1"

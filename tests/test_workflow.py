@@ -42,6 +42,14 @@ def test_default_config_dry_run(tmp_path):
     assert "results/toy/rep2/sft/seed2" in proc.stdout and "results/toy/rep1/reward_model" in proc.stdout
 
 
+@pytest.mark.parametrize("overlay", ["", "toy-methods.yaml", "llama2-7b.yaml"])
+def test_snakemake_lint_is_clean(tmp_path, overlay):
+    """`snakemake --lint` exits non-zero on any lint; the default run, the widest toy overlay and a 7B one."""
+    extra = [str(REPO / "config" / "experiments" / overlay)] if overlay else []
+    proc = snakemake(tmp_path, "--lint", "--configfile", DEFAULT, *extra, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 def test_unknown_config_key_is_refused(tmp_path):
     overlay = tmp_path / "typo.yaml"
     overlay.write_text("ppo:\n  params:\n    kl_cooef: 0.1\n")
