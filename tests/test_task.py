@@ -81,3 +81,32 @@ def test_gold_scores_special_tokens_the_policy_emits_as_wrong_items():
     gamed = answer(["1", "2", "<pad>", "<unk>", "3", "<eos>", "<pad>"])
     assert gamed == pytest.approx(1 - 2 / 3)  # all three items, plus two wrong ones at the extra-item cost
     assert answer(["1", "2", "<pad>", "3"]) < 1  # no EOS: still scored up to the end
+
+
+def test_benchmark_answers_keep_the_special_tokens_the_model_emitted():
+    """Answers under test end at EOS but keep an emitted <pad>/<unk>, so the gold and LLM judges see them."""
+    import torch
+    from types import SimpleNamespace
+
+    from salsa.benchmarks.chat_generation import generate_chat
+    from salsa.data import build_tokenizer
+
+    tokenizer = build_tokenizer(TaskSpec(num_symbols=10))
+    emitted = tokenizer.convert_tokens_to_ids(["1", "2", "<pad>", "<unk>", "3", "<eos>", "4"])
+
+    class Scripted:  # generate() appends a fixed reply: only the decoding is under test
+        config = SimpleNamespace(max_position_embeddings=64)
+
+        def parameters(self):
+            yield torch.zeros(1)
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            return torch.cat([input_ids, torch.tensor([emitted] * len(input_ids))], dim=1)
+
+    def reply(**kwargs):
+        return generate_chat(Scripted(), tokenizer, [[{"role": "user", "content": "copy 1 2 3"}]], [(0.0, 7)],
+                             progress=False, **kwargs)[0]
+
+    kept = reply(keep_special_tokens=True)
+    assert kept.split() == ["1", "2", "<pad>", "<unk>", "3"] and gold_reward("copy 1 2 3", kept) < 1.0
+    assert reply().split() == ["1", "2", "3"]  # a judge's own verdict text: special tokens dropped

@@ -67,7 +67,7 @@ def generate_answers(model, tokenizer, benchmark: str, questions: Sequence[Quest
         counts: list[int] = []
         replies = generate_chat(model, tokenizer, conversations, [settings[i] for i in todo], batch_size=batch_size,
                                 seed=seed + 1000 * turn, progress=progress, desc=f"{benchmark} turn {turn + 1}",
-                                token_counts=counts)
+                                token_counts=counts, keep_special_tokens=True)  # emitted pads/unks are judged
         for i, reply, count in zip(todo, replies, counts):
             turns[i].append(reply)
             token_lens[i].append(count)

@@ -40,10 +40,12 @@ def fit_to_context(prompt: list[int], max_new_tokens: int, max_positions: int | 
 
 def generate_chat(model, tokenizer, conversations: Sequence[list[dict]], settings: Sequence[tuple[float, int]],
                   batch_size: int = 16, seed: int = 0, progress: bool = True, desc: str = "generating",
-                  token_counts: list[int] | None = None) -> list[str]:
+                  token_counts: list[int] | None = None, keep_special_tokens: bool = False) -> list[str]:
     """The assistant's reply to each conversation; settings[i] = (temperature, max_new_tokens).
 
-    token_counts, when given, receives the number of generated tokens per reply.
+    token_counts, when given, receives the number of generated tokens per reply. A reply ends at EOS.
+    keep_special_tokens: special tokens the model emitted before EOS (a pad, an unk) stay in the text,
+    so a judge sees them (answers under test); off, they are dropped (a judge's own verdicts).
     """
     import torch
     from tqdm import tqdm
@@ -81,9 +83,10 @@ def generate_chat(model, tokenizer, conversations: Sequence[list[dict]], setting
                 tokens = row.tolist()
                 if tokenizer.eos_token_id is not None and tokenizer.eos_token_id in tokens:
                     tokens = tokens[:tokens.index(tokenizer.eos_token_id)]
-                tokens = [t for t in tokens if t != tokenizer.pad_token_id]
+                if not keep_special_tokens:
+                    tokens = [t for t in tokens if t != tokenizer.pad_token_id]
                 counts[i] = len(tokens)
-                replies[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                replies[i] = tokenizer.decode(tokens, skip_special_tokens=not keep_special_tokens).strip()
             bar.update(len(batch))
     bar.close()
     if truncated:
