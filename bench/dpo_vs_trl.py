@@ -43,7 +43,8 @@ import time
 from pathlib import Path
 
 import benchmarks_md  # bench/ is on sys.path when a script here runs
-from ppo_vs_trl import GC_SECONDS, _gc_clock, loadavg, machine, per_update, tick, versions, wait_for_quiet
+from ppo_vs_trl import (GC_SECONDS, _gc_clock, loadavg, machine, per_update, tick, ticking_progress, versions,
+                        wait_for_quiet)
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## DPO vs TRL"
@@ -100,33 +101,16 @@ def build_cache(paths: dict[str, Path], threads: int) -> float:
 def run_ours(paths: dict[str, Path], out: Path, steps: int, threads: int) -> dict:
     import pandas as pd
     import torch
-    from salsa import dpo, training
+    from salsa import dpo
 
     ticks: list[tuple[float, float, float]] = []
-    real_progress = training.progress
-
-    class Ticking:
-        def __init__(self, bar):
-            self.bar = bar
-
-        def update(self, n=1):
-            ticks.append(tick())
-            return self.bar.update(n)
-
-        def __getattr__(self, name):
-            return getattr(self.bar, name)
-
     torch.set_num_threads(threads)
     argv = ["--policy", str(paths["policy"]), "--reference", str(paths["policy"]), "--data", str(paths["data"]),
             "--reference-logprobs", str(paths["cache"]), "--out", str(out), "--steps", str(steps),
             "--batch-size", str(BATCH), "--lr", str(LR), "--warmup-steps", "0", "--beta", str(BETA),
             "--eval-every", str(steps), "--threads", str(threads), "--seed", "0"]
-    training.progress = lambda *a, **k: Ticking(real_progress(*a, **{**k, "disable": True}))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            dpo.main(argv)
-    finally:
-        training.progress = real_progress
+    with ticking_progress(ticks), contextlib.redirect_stdout(io.StringIO()):
+        dpo.main(argv)
     assert len(pd.read_csv(out / "metrics.csv")) == steps
     deltas = per_update(ticks)
     return {k: v[:-1] for k, v in deltas.items()} | {"argv": argv}

@@ -93,6 +93,31 @@ def per_update(ticks: list[tuple[float, float, float]]) -> dict[str, list[float]
 
 # ----------------------------------------------------------------------------- setup
 
+@contextlib.contextmanager
+def ticking_progress(ticks: list[tuple[float, float, float]]):
+    """Append a tick() at every progress-bar update of salsa's training loops: one per update or step."""
+    from salsa import training
+
+    real_progress = training.progress
+
+    class Ticking:
+        def __init__(self, bar):
+            self.bar = bar
+
+        def update(self, n=1):
+            ticks.append(tick())
+            return self.bar.update(n)
+
+        def __getattr__(self, name):
+            return getattr(self.bar, name)
+
+    training.progress = lambda *a, **k: Ticking(real_progress(*a, **{**k, "disable": True}))
+    try:
+        yield
+    finally:
+        training.progress = real_progress
+
+
 def build(root: Path) -> dict[str, Path]:
     """Tokenizer, policy, reward model and prompts, saved once for both implementations."""
     import torch
@@ -151,22 +176,9 @@ def run_ours(paths: dict[str, Path], out: Path, updates: int, threads: int) -> d
     """salsa.ppo.main with matching flags; per-update wall time from the loop's progress ticks."""
     import pandas as pd
     import torch
-    from salsa import ppo, training
+    from salsa import ppo
 
     ticks: list[tuple[float, float, float]] = []
-    real_progress = training.progress
-
-    class Ticking:
-        def __init__(self, bar):
-            self.bar = bar
-
-        def update(self, n=1):
-            ticks.append(tick())
-            return self.bar.update(n)
-
-        def __getattr__(self, name):
-            return getattr(self.bar, name)
-
     torch.set_num_threads(threads)
     argv = ["--policy", str(paths["policy"]), "--reference", str(paths["policy"]),
             "--reward-model", str(paths["reward"]), "--data", str(paths["data"]), "--out", str(out),
@@ -174,12 +186,8 @@ def run_ours(paths: dict[str, Path], out: Path, updates: int, threads: int) -> d
             "--ppo-epochs", str(PPO_EPOCHS), "--max-new-tokens", str(RESPONSE_LEN),
             "--temperature", str(TEMPERATURE), "--lr", str(LR), "--adam-eps", str(ADAM_EPS),
             "--kl-coef", str(KL_COEF), "--missing-eos-penalty", "0", "--threads", str(threads), "--seed", "0"]
-    training.progress = lambda *a, **k: Ticking(real_progress(*a, **{**k, "disable": True}))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            ppo.main(argv)
-    finally:
-        training.progress = real_progress
+    with ticking_progress(ticks), contextlib.redirect_stdout(io.StringIO()):
+        ppo.main(argv)
     metrics = pd.read_csv(out / "metrics.csv")
     assert (metrics["response_length"] == RESPONSE_LEN).all() and (metrics["no_eos_fraction"] == 1).all()
     steady = metrics.iloc[1:]
