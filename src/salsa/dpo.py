@@ -8,6 +8,10 @@ With h = [log pi(y_w|x) - log pi_ref(y_w|x)] - [log pi(y_l|x) - log pi_ref(y_l|x
                                        -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)
   ipo   (Azar et al. 2023):            (h - 1 / (2 beta))^2
 
+IPO here regresses the summed (sequence) log-ratio, as the paper defines it; TRL's "ipo"
+averages log-probs over response tokens first, so its beta is not interchangeable with
+ours when responses are longer than one token (on this task they are a handful).
+
 The reference is whatever the config names (an SFT model, a soup). Its log-probs
 come from the cache the `dpo_reference` stage writes, so a beta sweep never runs
 it again; without a cache they are computed here, and a LoRA policy on top of the
