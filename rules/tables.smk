@@ -27,6 +27,8 @@ rule tables:
         results=lambda w: RESULTS,  # the experiment directory the model ids are relative to
         out=lambda w, output: os.path.dirname(output.summary),
         rewards=reward_model_ids(),
+        pairs=" ".join(":".join(p) for p in config.get("tables", {}).get("pairs", [])),
+        contrasts=" ".join(":".join(c) for c in config.get("tables", {}).get("contrasts", [])),
     log:
         result("logs", "tables.log"),
     resources:
@@ -35,4 +37,5 @@ rule tables:
         "../envs/salsa.yaml"
     shell:
         "exec python -m salsa.tables --results {params.results} --models {params.models} --baseline {params.baseline}"
-        " --reference-method {params.reference_method} --reward-models {params.rewards} --out {params.out} > {log} 2>&1"
+        " --reference-method {params.reference_method} --reward-models {params.rewards} --pairs {params.pairs}"
+        " --contrasts {params.contrasts} --out {params.out} > {log} 2>&1"

@@ -156,6 +156,8 @@ BAD_CONFIGS = {
     "tables-reference-method": ({"tables": {"reference_method": "nonexistent"}},
                                 "tables.reference_method: 'nonexistent' is not a PPO method"),
     "tables-baseline": ({"tables": {"baseline": "sft/seed9"}}, "tables.baseline: 'sft/seed9' is not a defined"),
+    "tables-contrast-typo": ({"tables": {"contrasts": [["salsa", "ppo", "salsa", "ppo_seedonly"]]}},
+                             "tables.contrasts[0]: 'ppo_seedonly' is not a method"),
     "benchmark-baseline": ({"benchmarks": {"embedded_arena": {"judge": "gold", "baseline": "soup/none"}}},
                            "benchmarks.embedded_arena.baseline: 'soup/none'"),
     "per-method-checkpoint-every": ({"ppo": {"methods": {"salsa": {"init": "soup/uniform", "reference": "soup/uniform",

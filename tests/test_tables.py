@@ -126,3 +126,25 @@ def test_power_with_one_seed_per_replicate_counts_replicates_only():
     assert row.diff_ci == pytest.approx(0.03795, abs=1e-4)
     power = "\n".join(tables.render_power(comparisons, "salsa"))
     assert "±0.038" in power and "Halving the interval takes 5 replicates instead of 3" in power
+
+
+def test_pairs_replace_the_partner_and_contrasts_difference_two_differences():
+    # per replicate (seed means): salsa - ppo = 0.05, 0.03; salsa_seedonly - ppo_seedonly = 0.01, 0.02
+    # contrast per replicate 0.04, 0.01 -> mean 0.025, sd 0.021213, half-width t(1) 12.7062 * 0.015 = 0.19059
+    values = {1: {"ppo": [0.70, 0.72], "salsa": [0.76, 0.76], "ppo_seedonly": [0.60, 0.60],
+                  "salsa_seedonly": [0.61, 0.61]},
+              2: {"ppo": [0.70, 0.70], "salsa": [0.74, 0.72], "ppo_seedonly": [0.65, 0.63],
+                  "salsa_seedonly": [0.66, 0.66]}}
+    frame = pd.concat([run_frame(v, f"rep{r}/") for r, v in values.items()], ignore_index=True)
+    comparisons = tables.compare_methods(frame, "ppo", ["gold_id"], pairs={"salsa_seedonly": "ppo_seedonly"},
+                                         contrasts=[("salsa", "ppo", "salsa_seedonly", "ppo_seedonly")])
+    rows = comparisons.set_index("method")
+    assert rows.loc["salsa_seedonly", "vs"] == "ppo_seedonly"  # not the reference method
+    assert rows.loc["salsa_seedonly", "diff"] == pytest.approx(0.015)
+    assert rows.loc["ppo_seedonly", "vs"] == "ppo"  # methods without a pair keep the default partner
+    contrast = rows.loc["salsa - ppo"]
+    assert contrast.vs == "salsa_seedonly - ppo_seedonly" and contrast.test == "contrast, replicates (n=2)"
+    assert contrast["diff"] == pytest.approx(0.025) and contrast.diff_ci == pytest.approx(0.19059, abs=1e-4)
+    assert len(comparisons) == 4 and comparisons.p_holm.notna().sum() == comparisons.p.notna().sum()
+    with pytest.raises(tables.artifacts.StageError, match="salsa_typo"):
+        tables.compare_methods(frame, "ppo", ["gold_id"], pairs={"salsa_typo": "ppo"})

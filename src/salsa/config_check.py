@@ -122,6 +122,12 @@ def _check_models(config: dict) -> Iterator[str]:
     if tables.get("reference_method") is not None and tables["reference_method"] not in methods:
         yield (f"tables.reference_method: {tables['reference_method']!r} is not a PPO method "
                f"(methods: {_choices(methods)})")
+    compared = methods + [f"dpo/{m}" for m in ppo_methods({"ppo": config.get("dpo") or {}})]
+    for key in ("pairs", "contrasts"):
+        for i, group in enumerate(tables.get(key) or []):
+            for name in group:
+                if name not in compared:
+                    yield f"tables.{key}[{i}]: {name!r} is not a method (methods: {_choices(compared)})"
 
 
 def _check_ppo(config: dict, schema: dict) -> Iterator[str]:

@@ -183,6 +183,28 @@ def replicate_difference(frame: pd.DataFrame, metric: str, method: str, other: s
             "var_between": between_var, "var_within": within_var, "var_replicate_means": observed}
 
 
+def contrast(frame: pd.DataFrame, metric: str, a: str, b: str, c: str, d: str, level: float = LEVEL) -> dict:
+    """(a - b) - (c - d): does the a-over-b difference change when the setting behind c and d changes?
+
+    The unit is the outer replicate when there are several (each replicate's seed-mean contrast), else the
+    seed, paired (every method must have run the seed; seeds missing from one method are left out).
+    """
+    wide = frame[frame.method.isin([a, b, c, d])].pivot_table(index=["replicate", "seed"], columns="method",
+                                                                values=metric)
+    missing = [m for m in (a, b, c, d) if m not in wide.columns]
+    if missing:
+        raise ValueError(f"contrast: no {metric} for method(s) {missing}")
+    per_seed = (wide[a] - wide[b]) - (wide[c] - wide[d])
+    replicates = frame.replicate.nunique()
+    units = per_seed.groupby(level="replicate").mean() if replicates > 1 else per_seed
+    result = mean_interval(units.dropna(), level)
+    unit = "replicates" if replicates > 1 else "paired seeds"
+    return {"method": f"{a} - {b}", "vs": f"{c} - {d}", "metric": metric, "replicates": replicates,
+            "seeds": float(per_seed.groupby(level="replicate").count().mean()), "diff": result.estimate,
+            "diff_ci": result.half_width, "df": result.df, "p": result.p_value,
+            "test": f"contrast, {unit} (n={result.n})"}
+
+
 # --- power -----------------------------------------------------------------------
 def half_width(var_between: float, var_within: float, replicates: int, seeds: int, level: float = LEVEL) -> float:
     """Interval half-width of a difference averaged over `replicates` x `seeds`: replicates are the unit

@@ -45,6 +45,9 @@ class TablesConfig:
     reference_method: str = arg("ppo", help="PPO method the others are compared with")
     seed: int = arg(0, help="bootstrap seed (win rates, single-model intervals, matched KL)")
     n_boot: int = arg(1000, help="bootstrap resamples")
+    pairs: list[str] = arg([], help="method:vs pairs that replace a method's default partner, e.g. "
+                           "salsa_seedonly:ppo_seedonly")
+    contrasts: list[str] = arg([], help="a:b:c:d -> (a - b) - (c - d), e.g. salsa:ppo:salsa_seedonly:ppo_seedonly")
     reward_models: list[str] = arg([], help="reward-model directories under --results (reward_model, "
                                    "rep1/reward_model, reward/seed2, reward_soup/uniform): accuracy and gold per model")
     primary: str = arg("salsa", help="method family whose difference from the reference sets the power statement")
@@ -230,8 +233,10 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def compare_methods(frame: pd.DataFrame, reference_method: str, metrics: list[str]) -> pd.DataFrame:
-    """Every method minus its partner (`stats.partner`) on every metric, Holm-adjusted over the whole table.
+def compare_methods(frame: pd.DataFrame, reference_method: str, metrics: list[str], pairs: dict | None = None,
+                    contrasts: list[tuple] = ()) -> pd.DataFrame:
+    """Every method minus its partner (`pairs[method]`, else `stats.partner`) on every metric, and each
+    contrast (a - b) - (c - d), Holm-adjusted over the whole table.
 
     One replicate: paired by seed where both methods ran the same seeds, Welch otherwise. Several replicates:
     the replicate is the unit (`stats.replicate_difference`), with the variance split into its two levels.
@@ -240,11 +245,14 @@ def compare_methods(frame: pd.DataFrame, reference_method: str, metrics: list[st
     methods = list(dict.fromkeys(ppo.method))
     if methods and reference_method not in methods:
         raise artifacts.StageError(f"--reference-method {reference_method!r}: not one of the PPO methods {methods}")
+    unknown = sorted({m for pair in [*(pairs or {}).items(), *contrasts] for m in pair} - set(methods))
+    if unknown:
+        raise artifacts.StageError(f"--pairs/--contrasts name methods that did not run: {unknown} (methods: {methods})")
     rows = []
     for method in methods:
         if method == reference_method:
             continue
-        other = stats.partner(method, reference_method, methods)
+        other = (pairs or {}).get(method) or stats.partner(method, reference_method, methods)
         for metric in [m for m in metrics if m in ppo.columns]:
             levels = stats.replicate_difference(ppo, metric, method, other)
             if ppo.replicate.nunique() > 1:
@@ -256,6 +264,8 @@ def compare_methods(frame: pd.DataFrame, reference_method: str, metrics: list[st
                 row = {**levels, "diff": result.estimate, "diff_ci": result.half_width, "df": result.df,
                        "p": result.p_value, "test": f"{result.test} (n={result.n})"}
             rows.append(row)
+    for a, b, c, d in contrasts:
+        rows += [stats.contrast(ppo, metric, a, b, c, d) for metric in metrics if metric in ppo.columns]
     if not rows:
         return pd.DataFrame()
     out = pd.DataFrame(rows)
@@ -344,7 +354,8 @@ def render_comparisons(comparisons: pd.DataFrame, reference_method: str, metrics
     lines = [f"## Difference from `{reference_method}` at the same sweep value", "",
              "Each method minus its partner (`vs`: the reference method at the same sweep value where there is one). "
              "Paired = mean of per-seed differences (both ran the same seeds); welch = Welch's interval; "
-             "replicates = a t-interval over outer replicates of the seed-averaged difference. "
+             "replicates = a t-interval over outer replicates of the seed-averaged difference; "
+             "contrast = (a − b) − (c − d), rows `a - b` vs `c - d`, over replicates or paired seeds. "
              f"± = the unadjusted 95% interval; * = Holm-adjusted p < 0.05 over the family of all {family} "
              "comparisons in this table. Without a star the data do not separate the two.", "",
              markdown_table(wide, ["method", "vs", "test", *[m for m in metrics if m in wide.columns]]), "",
@@ -448,7 +459,11 @@ def main(argv: list[str] | None = None) -> None:
     config = parse(TablesConfig, argv)
     frame = collect_rows(config)
     agg = aggregate(frame)
-    comparisons = compare_methods(frame, config.reference_method, shown_metrics(frame))
+    pairs = dict(pair.split(":", 1) for pair in config.pairs)
+    contrasts = [tuple(c.split(":")) for c in config.contrasts]
+    if any(len(c) != 4 for c in contrasts):
+        raise artifacts.StageError(f"--contrasts {config.contrasts}: each is a:b:c:d")
+    comparisons = compare_methods(frame, config.reference_method, shown_metrics(frame), pairs, contrasts)
     matched = matched_kl_frame(frame, config.reference_method, config.n_boot, config.seed)
     singles = single_model_differences(Path(config.results), frame, config.n_boot, config.seed)
     rewards = reward_models_frame(Path(config.results), config.reward_models, frame)
