@@ -314,6 +314,14 @@ def first_sft(model=None):
     return in_replicate(f"sft/seed{config['sft']['seeds'][0]}", split_replicate(model)[0] if model else None)
 
 
+def benchmark_models(benchmark):
+    """The models a benchmark answers and judges: `benchmarks.<name>.models` in every replicate, or all."""
+    chosen = config.get("benchmarks", {}).get(benchmark, {}).get("models")
+    if not chosen:
+        return evaluated_models()
+    return [in_replicate(model, r) for r in replicate_numbers() for model in chosen]
+
+
 def enabled_benchmarks():
     return [name for name, spec in config.get("benchmarks", {}).items() if spec.get("enabled", True)]
 

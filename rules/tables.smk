@@ -2,7 +2,7 @@ rule tables:
     input:
         evals=[result("eval", m) for m in evaluated_models()],
         runs=[model_dir(r) for r in ppo_run_ids()],
-        judged=[result("bench", b, m, "judged") for b in enabled_benchmarks() for m in evaluated_models()],
+        judged=[result("bench", b, m, "judged") for b in enabled_benchmarks() for m in benchmark_models(b)],
         rewards=[result(r) for r in reward_model_ids()],
         src=src("tables", "stats", "plots", "reward_report", "benchmarks.win_rate"),
     output:

@@ -113,9 +113,13 @@ def _check_models(config: dict) -> Iterator[str]:
             yield f"sft.extra.{name}: a run name may use only letters, digits, '_', '.' and '-'"
         if re.fullmatch(r"seed\d+", name):
             yield f"sft.extra.{name}: names seed<N> belong to sft.seeds; pick another name"
+    dpo_runs = [f"dpo/{m}/seed{s}" for m in ppo_methods({"ppo": config.get("dpo") or {}})
+                for s in (config.get("dpo") or {}).get("seeds", [])]
     for name, spec in (config.get("benchmarks") or {}).items():
         if spec.get("enabled", True):
             yield from refs(f"benchmarks.{name}.baseline", spec.get("baseline"), evaluated)
+            for i, model in enumerate(spec.get("models") or []):
+                yield from refs(f"benchmarks.{name}.models[{i}]", model, evaluated + dpo_runs)
     tables = config.get("tables") or {}
     yield from refs("tables.baseline", tables.get("baseline"), evaluated)
     methods = list(ppo_methods(config))
