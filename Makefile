@@ -27,7 +27,7 @@ run: $(STAMP)
 	@echo "Tables: results/toy/tables/summary.md"
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15
 
 clean-results:
 	rm -rf results/toy .snakemake
