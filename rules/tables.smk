@@ -4,7 +4,7 @@ rule tables:
         runs=[model_dir(r) for r in ppo_run_ids()],
         judged=[result("bench", b, m, "judged") for b in enabled_benchmarks() for m in benchmark_models(b)],
         rewards=[result(r) for r in reward_model_ids()],
-        src=src("tables", "stats", "plots", "reward_report", "benchmarks.win_rate"),
+        src=src("tables", "stats", "plots", "reward_report", "same_prompts", "benchmarks.win_rate"),
     output:
         summary=report(result("tables", "summary.md"), category="Summary"),
         csv=report(result("tables", "summary.csv"), category="Summary"),
@@ -16,6 +16,8 @@ rule tables:
                              caption="../docs/report/single_models.rst"),
         reward_models=report(result("tables", "reward_models.csv"), category="Summary",
                              caption="../docs/report/reward_models.rst"),
+        runs_vs_start=report(result("tables", "runs_vs_start.csv"), category="Summary",
+                             caption="../docs/report/runs_vs_start.rst"),
         curves=report(result("tables", "ppo_curves.png"), category="Plots",
                       caption="../docs/report/ppo_curves.rst"),
         frontier=report(result("tables", "frontier.png"), category="Plots",

@@ -99,7 +99,7 @@ def test_single_models_are_compared_on_the_same_prompts(tmp_path):
         rows = rows[::-1] if model == "soup/uniform" else rows
         (tmp_path / "eval" / model / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     frame = pd.DataFrame([{"model": m, **tables.parse_model_id(m)} for m in gold])
-    result = tables.single_model_differences(tmp_path, frame, n_boot=200, seed=0).set_index(["model", "vs"])
+    result = tables.same_prompts.single_model_differences(tmp_path, frame, n_boot=200, seed=0).set_index(["model", "vs"])
     assert set(result.index) == {("soup/uniform", "sft/seed1"), ("soup/uniform", "sft/seed2"),
                                  ("sft/seed2", "sft/seed1")}
     assert result.loc[("soup/uniform", "sft/seed1"), "diff"] == 0.5
@@ -148,3 +148,24 @@ def test_pairs_replace_the_partner_and_contrasts_difference_two_differences():
     assert len(comparisons) == 4 and comparisons.p_holm.notna().sum() == comparisons.p.notna().sum()
     with pytest.raises(tables.artifacts.StageError, match="salsa_typo"):
         tables.compare_methods(frame, "ppo", ["gold_id"], pairs={"salsa_typo": "ppo"})
+
+
+def test_each_run_is_compared_with_the_model_its_metadata_says_it_started_from(tmp_path):
+    import json
+
+    gold = {"sft/seed1": [0.0, 0.5, 1.0, 0.5], "soup/uniform": [0.5, 0.5, 0.5, 0.5],
+            "ppo/salsa/seed1": [1.0, 1.0, 1.0, 0.5], "ppo/from_base/seed1": [1.0, 1.0, 1.0, 1.0]}
+    starts = {"ppo/salsa/seed1": tmp_path / "soup/uniform", "ppo/from_base/seed1": tmp_path / "base_model"}
+    for model, values in gold.items():
+        (tmp_path / "eval" / model).mkdir(parents=True)
+        rows = [{"split": "id", "prompt": f"p{i}", "gold": v} for i, v in enumerate(values)]
+        (tmp_path / "eval" / model / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if model in starts:
+            (tmp_path / model).mkdir(parents=True)
+            meta = {"config": {"policy": str(starts[model])}}
+            (tmp_path / model / tables.artifacts.METADATA_FILE).write_text(json.dumps(meta))
+    frame = pd.DataFrame([{"model": m, **tables.parse_model_id(m)} for m in gold])
+    result = tables.same_prompts.run_start_differences(tmp_path, frame, n_boot=200, seed=0)
+    # salsa started from the soup (not the first SFT): 0.5, 0.5, 0.5, 0 -> 0.375; the base model is not evaluated
+    assert result[["model", "vs"]].values.tolist() == [["ppo/salsa/seed1", "soup/uniform"]]
+    assert result["diff"].item() == pytest.approx(0.375) and result.excludes_zero.item()

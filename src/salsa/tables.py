@@ -4,7 +4,8 @@ Writes summary.csv (every model, with prompt-level bootstrap intervals as
 <metric>_ci), methods.csv (every PPO method over seeds), comparisons.csv (each
 method against the reference method at the same sweep value, every metric,
 with Holm-adjusted p-values), matched_kl.csv (gold at matched KL to the first
-SFT), reward_models.csv (each reward model's held-out accuracy and the gold of
+SFT), single_models.csv and runs_vs_start.csv (salsa.same_prompts),
+reward_models.csv (each reward model's held-out accuracy and the gold of
 the runs trained with it), summary.md (the tables a reader decides from), ppo_curves.png (gold and
 proxy reward against KL during PPO training) and frontier.png (final gold and
 proxy reward against KL to the first SFT, one point per run).
@@ -22,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from salsa import artifacts, stats
+from salsa import artifacts, same_prompts, stats
 from salsa.reward_report import render_reward_models, reward_models_frame
+from salsa.same_prompts import read_samples
 from salsa.plots import plot_curves, plot_frontier
 from salsa.args import arg, parse
 
@@ -81,11 +83,6 @@ def _parse_parts(parts: list[str], model_id: str) -> dict:
                 if parts[1].startswith("seed") else ""}
     raise artifacts.StageError(f"model id {model_id!r}: expected [rep<r>/]sft/<name>, [rep<r>/]soup/<name>, "
                                "[rep<r>/]ppo/<method>/seed<N> or dpo/<method>/seed<N>")
-
-
-def read_samples(path: Path) -> list[dict]:
-    with open(path) as handle:
-        return [json.loads(line) for line in handle]
 
 
 def gold_breakdown(samples: list[dict]) -> dict:
@@ -171,31 +168,6 @@ def prompt_intervals(samples: list[dict], n_boot: int, seed: int) -> dict:
                 _, lower, upper = stats.bootstrap_mean(values, n_boot, seed)
                 out[f"{field}_{split}_ci"] = (upper - lower) / 2
     return out
-
-
-def single_model_differences(results: Path, frame: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
-    """Each soup minus each SFT, and each SFT minus the first, on the same prompts (gold; paired bootstrap).
-
-    One run per model: the interval is over prompts (evaluation noise), not over retraining.
-    """
-    pairs = []
-    replicates = frame.replicate if "replicate" in frame.columns else pd.Series("1", index=frame.index)
-    for _, group in frame.groupby(replicates, sort=True):  # within an outer replicate only
-        sfts, soups = list(group.model[group.kind == "sft"]), list(group.model[group.kind == "soup"])
-        pairs += [(soup, sft) for soup in soups for sft in sfts] + [(sft, sfts[0]) for sft in sfts[1:]]
-    gold = {m: {(r["split"], r["prompt"]): r.get("gold") for r in read_samples(results / "eval" / m / "samples.jsonl")}
-            for m in {m for pair in pairs for m in pair}}
-    rows = []
-    for model, other in pairs:
-        for split in ("id", "ood"):
-            keys = [k for k in gold[model] if k[0] == split and gold[model][k] is not None
-                    and gold[other].get(k) is not None]
-            if not keys:
-                continue
-            diff, lower, upper = stats.bootstrap_mean([gold[model][k] - gold[other][k] for k in keys], n_boot, seed)
-            rows.append({"model": model, "vs": other, "metric": f"gold_{split}", "prompts": len(keys),
-                         "diff": diff, "lower": lower, "upper": upper, "excludes_zero": bool(lower > 0 or upper < 0)})
-    return pd.DataFrame(rows)
 
 
 def ppo_runs(frame: pd.DataFrame) -> pd.DataFrame:
@@ -297,7 +269,7 @@ def pm(value, half) -> str:
 
 def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.DataFrame, matched: pd.DataFrame,
                     config: TablesConfig, singles: pd.DataFrame | None = None,
-                    rewards: pd.DataFrame | None = None) -> str:
+                    rewards: pd.DataFrame | None = None, starts: pd.DataFrame | None = None) -> str:
     metrics = shown_metrics(frame)
     baseline = config.baseline or config.models[0]
     parts = ["# Summary", "",
@@ -316,13 +288,12 @@ def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.Data
                   f"Each model is one run: the interval is over its evaluation prompts ({config.n_boot} resamples, "
                   f"seed {config.seed}) and says nothing about retraining it.", "",
                   markdown_table(single, ["model", *[f"{m} (95% CI)" for m in with_ci]]), ""]
-    if singles is not None and len(singles):
-        shown = singles.assign(interval=[f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}]" + (" *" if x else "") for d, lo, hi, x
-                                         in zip(singles["diff"], singles.lower, singles.upper, singles.excludes_zero)])
-        parts += ["### Single models against each other (same prompts, paired bootstrap)", "",
-                  "* = the prompt-level interval excludes 0: a difference in these two trained models, "
-                  "not evidence about retraining them.", "",
-                  markdown_table(shown, ["model", "vs", "metric", "prompts", "interval"]), ""]
+    parts += same_prompts.render(singles, "### Single models against each other (same prompts, paired bootstrap)",
+                                 "* = the prompt-level interval excludes 0: a difference in these two trained "
+                                 "models, not evidence about retraining them.", fmt)
+    parts += same_prompts.render(starts, "### Each trained run against the model it started from (same prompts)",
+                                 "Did training move gold beyond evaluation noise? One run each: * = the "
+                                 "prompt-level interval excludes 0, which says nothing about another seed.", fmt)
     if len(agg):
         for m in metrics:
             if m in agg.columns:
@@ -465,7 +436,8 @@ def main(argv: list[str] | None = None) -> None:
         raise artifacts.StageError(f"--contrasts {config.contrasts}: each is a:b:c:d")
     comparisons = compare_methods(frame, config.reference_method, shown_metrics(frame), pairs, contrasts)
     matched = matched_kl_frame(frame, config.reference_method, config.n_boot, config.seed)
-    singles = single_model_differences(Path(config.results), frame, config.n_boot, config.seed)
+    singles = same_prompts.single_model_differences(Path(config.results), frame, config.n_boot, config.seed)
+    starts = same_prompts.run_start_differences(Path(config.results), frame, config.n_boot, config.seed)
     rewards = reward_models_frame(Path(config.results), config.reward_models, frame)
     with artifacts.atomic_dir(config.out) as tmp:
         frame.to_csv(tmp / "summary.csv", index=False)
@@ -474,7 +446,9 @@ def main(argv: list[str] | None = None) -> None:
         matched.to_csv(tmp / "matched_kl.csv", index=False)
         singles.to_csv(tmp / "single_models.csv", index=False)
         rewards.to_csv(tmp / "reward_models.csv", index=False)
-        (tmp / "summary.md").write_text(render_markdown(frame, agg, comparisons, matched, config, singles, rewards))
+        starts.to_csv(tmp / "runs_vs_start.csv", index=False)
+        (tmp / "summary.md").write_text(render_markdown(frame, agg, comparisons, matched, config, singles, rewards,
+                                                        starts))
         plot_curves(Path(config.results), frame, tmp / "ppo_curves.png")
         plot_frontier(frame, tmp / "frontier.png", fitted_curves(frame))
         artifacts.write_metadata(tmp, "tables", config, config.seed)
