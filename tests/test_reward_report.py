@@ -24,11 +24,12 @@ def results(tmp_path):
         (root / reward).mkdir(parents=True)
         (root / reward / "reward_eval.json").write_text(json.dumps({"eval": {"accuracy": accuracy, "pairs": pairs}}))
     runs = {"ppo/ppo/seed1": ("reward_model", 0.70), "ppo/ppo/seed2": ("reward_model", 0.74),
+            "ppo/oracle/seed1": ("reward_model", 0.90),  # --oracle-gold: loads the reward model, trains on gold
             "ppo/warm_ppo/seed1": ("reward_soup/uniform", 0.80), "ppo/warm_ppo/seed2": ("reward_soup/uniform", 0.84)}
     rows = []
     for model, (reward, gold) in runs.items():
         (root / model).mkdir(parents=True)
-        meta = {"config": {"reward_model": (root / reward).as_posix()}}
+        meta = {"config": {"reward_model": (root / reward).as_posix(), "oracle_gold": "oracle" in model}}
         (root / model / "salsa_meta.json").write_text(json.dumps(meta))
         rows.append({"model": model, **tables.parse_model_id(model), "gold_id": gold})
     return root, pd.DataFrame(rows)
@@ -38,7 +39,7 @@ def test_each_run_is_attributed_to_the_reward_model_in_its_own_metadata(results)
     root, frame = results
     table = reward_report.reward_models_frame(root, ["reward_model", "reward_soup/uniform", "reward/seed2"], frame)
     by_reward = table.set_index("reward")
-    assert by_reward.loc["reward_model", "method"] == "ppo"
+    assert by_reward.loc["reward_model", "method"] == "ppo"  # one row: the oracle run is not credited to it
     assert by_reward.loc["reward_model", "gold_id"] == pytest.approx(0.72)
     assert by_reward.loc["reward_soup/uniform", "method"] == "warm_ppo"
     assert by_reward.loc["reward_soup/uniform", "gold_id"] == pytest.approx(0.82)

@@ -15,9 +15,12 @@ import pandas as pd
 from salsa import artifacts, stats
 
 
-def reward_of_run(results: Path, model_id: str) -> str:
-    """The reward model a PPO run was trained with, as a path under results/ (e.g. 'rep1/reward_model')."""
+def reward_of_run(results: Path, model_id: str) -> str | None:
+    """The reward model a PPO run was trained with, as a path under results/ (e.g. 'rep1/reward_model');
+    None for a run trained on the gold reward itself (--oracle-gold), which only loads it."""
     meta = artifacts.read_json(results / model_id / "salsa_meta.json")
+    if meta["config"].get("oracle_gold"):
+        return None
     path = Path(meta["config"]["reward_model"])
     try:
         return path.relative_to(results).as_posix()
@@ -45,6 +48,7 @@ def reward_models_frame(results: Path, reward_ids: list[str], frame: pd.DataFram
     ppo = frame[frame.kind == "ppo"]
     runs = pd.DataFrame({"reward": [reward_of_run(results, m) for m in ppo.model], "method": list(ppo.method),
                          "gold_id": list(ppo.get("gold_id", pd.Series(float("nan"), index=ppo.index)))})
+    runs = runs[runs.reward.notna()]  # trained on gold: no reward model to credit
     rows = []
     for _, model in accuracy.iterrows():
         used = runs[runs.reward == model.reward]
