@@ -20,8 +20,11 @@ def test_methods_overlay_wires_dpo_warm_and_anchor_runs(tmp_path):
     rules = scheduled_rules(proc.stdout)
     # 3 DPO methods x 3 seeds; one reference cache per reference model (sft/seed1, soup/uniform), not per run
     assert rules["dpo"] == 9 and rules["dpo_reference"] == 2
-    assert rules["reward_replica"] == 2 and rules["reward_soup"] == 1 and rules["ppo"] == 15
-    assert rules["evaluate"] == 2 + 1 + 15 + 9  # SFTs, soup, PPO runs, DPO runs
+    # PPO at two betas, SALSA, WARM-PPO, WARM-SALSA, EMA anchor: 6 methods x 3 seeds
+    assert rules["reward_replica"] == 2 and rules["reward_soup"] == 1 and rules["ppo"] == 18
+    assert rules["evaluate"] == 2 + 1 + 18 + 9  # SFTs, soup, PPO runs, DPO runs
+    assert "--kl-coef 0.02" in next(line for line in proc.stdout.splitlines()
+                                    if "--out results/toy-methods/ppo/ppo-kl_coef0.02/seed1 " in line)
     commands = [line for line in proc.stdout.splitlines() if "python -m salsa." in line]
 
     def command(stage, out):
@@ -37,6 +40,10 @@ def test_methods_overlay_wires_dpo_warm_and_anchor_runs(tmp_path):
     assert (f"--inputs {results}/reward_model {results}/reward/seed2 {results}/reward/seed3"
             in command("reward_soup", f"{results}/reward_soup/uniform"))
     assert "--seed 3" in command("reward", f"{results}/reward/seed3")
+    tables = next(c for c in commands if "-m salsa.tables " in c)
+    assert "--reference-method ppo-kl_coef0.05" in tables
+    assert "--pairs dpo/dpo_soup:dpo/dpo_sft warm_salsa:warm_ppo" in tables
+    assert "--reward-models reward_model reward/seed2 reward/seed3 reward_soup/uniform " in tables
     # DPO runs are evaluated against their own reference, like PPO runs
     evaluate = next(c for c in commands if f"--out {results}/eval/dpo/dpo_sft/seed1 " in c)
     assert f"--model {results}/dpo/dpo_sft/seed1/model --reference '{results}/sft/seed1'" in evaluate
