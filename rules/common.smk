@@ -315,11 +315,15 @@ def first_sft(model=None):
 
 
 def benchmark_models(benchmark):
-    """The models a benchmark answers and judges: `benchmarks.<name>.models` in every replicate, or all."""
-    chosen = config.get("benchmarks", {}).get(benchmark, {}).get("models")
-    if not chosen:
-        return evaluated_models()
-    return [in_replicate(model, r) for r in replicate_numbers() for model in chosen]
+    """The models a benchmark answers and judges: `models` (in every replicate) and/or the PPO and DPO runs
+    of `seeds`; without either, every evaluated model."""
+    spec = config.get("benchmarks", {}).get(benchmark, {})
+    chosen, seeds = spec.get("models"), spec.get("seeds")
+    models = [in_replicate(m, r) for r in replicate_numbers() for m in chosen] if chosen else evaluated_models()
+    if seeds:
+        models = [m for m in models if split_replicate(m)[1].startswith(("ppo/", "dpo/"))
+                  and int(m.rsplit("seed", 1)[1]) in seeds]
+    return models
 
 
 def enabled_benchmarks():

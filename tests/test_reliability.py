@@ -158,6 +158,8 @@ BAD_CONFIGS = {
     "tables-baseline": ({"tables": {"baseline": "sft/seed9"}}, "tables.baseline: 'sft/seed9' is not a defined"),
     "benchmark-models-typo": ({"benchmarks": {"embedded_mt": {"judge": "gold", "models": ["ppo/salsa/seed9"]}}},
                               "benchmarks.embedded_mt.models[0]: 'ppo/salsa/seed9' is not a defined model"),
+    "benchmark-seeds-select-nothing": ({"benchmarks": {"embedded_mt": {"judge": "gold", "seeds": [7]}}},
+                                       "benchmarks.embedded_mt.seeds: [7] selects no PPO or DPO run"),
     "tables-contrast-typo": ({"tables": {"contrasts": [["salsa", "ppo", "salsa", "ppo_seedonly"]]}},
                              "tables.contrasts[0]: 'ppo_seedonly' is not a method"),
     "benchmark-baseline": ({"benchmarks": {"embedded_arena": {"judge": "gold", "baseline": "soup/none"}}},

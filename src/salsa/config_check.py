@@ -120,6 +120,11 @@ def _check_models(config: dict) -> Iterator[str]:
             yield from refs(f"benchmarks.{name}.baseline", spec.get("baseline"), evaluated)
             for i, model in enumerate(spec.get("models") or []):
                 yield from refs(f"benchmarks.{name}.models[{i}]", model, evaluated + dpo_runs)
+            run_seeds = {int(run.rpartition("/seed")[2]) for run in [*evaluated, *dpo_runs] if "/seed" in run
+                         and run.startswith(("ppo/", "dpo/"))}
+            if spec.get("seeds") and not set(spec["seeds"]) & run_seeds:
+                yield (f"benchmarks.{name}.seeds: {spec['seeds']} selects no PPO or DPO run (their seeds: "
+                       f"{sorted(run_seeds)}); use seeds: [] for every model")
     tables = config.get("tables") or {}
     yield from refs("tables.baseline", tables.get("baseline"), evaluated)
     methods = list(ppo_methods(config))
