@@ -1,5 +1,6 @@
 """Shared by the bench scripts: update one section of BENCHMARKS.md in place."""
 
+import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,3 +17,12 @@ def write_section(section: str, markdown: str) -> None:
         following = text.find("\n## ", start + len(section))
         text = text[:start] + markdown + (text[following + 1:] if following >= 0 else "")
     path.write_text(text)
+
+
+def publish(section: str, markdown: str, results: dict, json_path: Path | None, write: bool) -> None:
+    """Print the section; optionally keep the raw timings as JSON and write the section into BENCHMARKS.md."""
+    print(markdown)
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2))
+    if write:
+        write_section(section, markdown)

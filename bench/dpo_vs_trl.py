@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import gc
 import io
-import json
 import os
 import platform
 import statistics
@@ -229,11 +228,7 @@ def main() -> None:
             results["by_threads"][threads] = res
     results["gc_s"] = GC_SECONDS[0]
     markdown = render(results, args, loads)
-    print(markdown)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    if not args.no_write:
-        benchmarks_md.write_section(SECTION, markdown)
+    benchmarks_md.publish(SECTION, markdown, results, args.json, write=not args.no_write)
 
 
 if __name__ == "__main__":

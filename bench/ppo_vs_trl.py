@@ -412,11 +412,7 @@ def main() -> None:
         loads.append(f"after the last run: {loadavg()}")
     results["loads"] = loads
     markdown = render(results, args, loads)
-    print(markdown)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    if not args.no_write:
-        benchmarks_md.write_section(SECTION, markdown)
+    benchmarks_md.publish(SECTION, markdown, results, args.json, write=not args.no_write)
 
 
 if __name__ == "__main__":
