@@ -54,13 +54,13 @@ def cli(params, skip=()):
     return shlex.join(flags)
 
 
-def tracking(*run):
-    """Tracker flags of a training stage (config `report_to`); empty when off, so commands stay unchanged."""
-    if not config.get("report_to"):
-        return ""
-    flags = cli({"report_to": config["report_to"], "tracking_dir": result("tracking"),
-                 "run_name": "/".join(map(str, run))})
-    return f" {flags}"
+# Stages that log live curves when `report_to` is set. The trackers travel as a resource, not a
+# param: params are a rerun trigger, resources are not, so switching tracking on reruns nothing.
+TRACKED_STAGES = {"base_model", "sft", "reward_model", "ppo"}
+
+
+def trackers_resource():
+    return ",".join(config.get("report_to", [])) or "none"
 
 
 def resources_for(stage, key, default=None):
@@ -86,6 +86,8 @@ def launcher(stage, salsa_module=None):
     N > 1 GPUs. `exec`: the stage replaces the job's shell, so killing the job kills the stage."""
     salsa_module = salsa_module or DATA_PARALLEL.get(stage) or SINGLE_PROCESS[stage]
     every = " --checkpoint-every {resources.checkpoint_every}" if stage in DATA_PARALLEL else ""
+    if stage in TRACKED_STAGES:  # each run is named by its output's path below results/<experiment>/
+        every += f" --report-to {{resources.report_to}} --tracking-dir {shlex.quote(result('tracking'))}"
     gpus = int(resources_for(stage, "gpus", 0))
     if gpus <= 1:
         return f"exec python -m salsa.{salsa_module}{every}"
@@ -116,6 +118,8 @@ def stage_resources(stage):
         table[key] = lookup(key)
     if stage in DATA_PARALLEL:
         table["checkpoint_every"] = checkpointing(stage)
+    if stage in TRACKED_STAGES:
+        table["report_to"] = trackers_resource()
     return {k: v for k, v in table.items() if v is not None}
 
 

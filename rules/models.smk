@@ -5,7 +5,7 @@ rule base_model:
     output:
         directory(result("base_model")),
     params:
-        args=cli(config["base_model"]) + tracking("base_model"),
+        args=cli(config["base_model"]),
     threads: THREADS
     log:
         result("logs", "base_model.log"),
@@ -29,7 +29,7 @@ rule sft:
         directory(result("{rp}sft", "{sft}")),
     params:
         model=lambda w: base_model_path(),  # input.base, or the Hub id / local path of a real model
-        args=lambda w: cli(sft_settings(w.sft, wildcard_replicate(w.rp))) + tracking(f"{w.rp}sft", w.sft),
+        args=lambda w: cli(sft_settings(w.sft, wildcard_replicate(w.rp))),
     threads: THREADS
     log:
         result("logs", "{rp}sft", "{sft}.log"),

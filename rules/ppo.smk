@@ -8,7 +8,7 @@ rule ppo:
     output:
         directory(result("{rp}ppo", "{method}", "seed{seed}")),
     params:
-        args=lambda w: cli(PPO_METHODS[w.method]["params"]) + tracking(f"{w.rp}ppo", w.method, f"seed{w.seed}"),
+        args=lambda w: cli(PPO_METHODS[w.method]["params"]),
     threads: THREADS
     log:
         result("logs", "{rp}ppo", "{method}", "seed{seed}.log"),

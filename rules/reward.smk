@@ -14,8 +14,7 @@ rule reward_model:
         # replicate r redraws the reward model (seed + r - 1)
         args=lambda w: cli({**{k: v for k, v in config["ppo"].get("params", {}).items()
                                if k in ("max_new_tokens", "temperature")}, **config["reward_model"],
-                            "seed": config["reward_model"].get("seed", 0) + (wildcard_replicate(w.rp) or 1) - 1})
-                       + tracking(f"{w.rp}reward_model"),
+                            "seed": config["reward_model"].get("seed", 0) + (wildcard_replicate(w.rp) or 1) - 1}),
     threads: THREADS
     log:
         result("logs", "{rp}reward_model.log"),

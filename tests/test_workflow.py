@@ -121,6 +121,14 @@ def test_tiny_workflow_end_to_end_then_caching(tmp_path):
 
     again = snakemake(tmp_path, "-n", "--configfile", DEFAULT, TINY)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # switching live curves on reruns nothing (trackers travel as a resource), yet reaches the stages
+    tracked = tmp_path / "tracked.yaml"
+    tracked.write_text("report_to: [tensorboard]\n")
+    with_tracking = snakemake(tmp_path, "-n", "--configfile", DEFAULT, TINY, str(tracked))
+    assert "Nothing to be done" in with_tracking.stdout + with_tracking.stderr
+    forced = snakemake(tmp_path, "-n", "-p", "--configfile", DEFAULT, TINY, str(tracked),
+                       "-f", "results/tiny/rep1/ppo/salsa/seed1")
+    assert "--report-to tensorboard --tracking-dir results/tiny/tracking" in forced.stdout
 
     overlay = tmp_path / "change.yaml"
     overlay.write_text("ppo:\n  params:\n    kl_coef: 0.2\n")

@@ -91,7 +91,7 @@ class PPOConfig:
     anchor_sync_every: int = arg(10, help="anchor sync: updates between syncs")
     report_to: list[str] = arg([], help="experiment trackers: tensorboard, wandb (none by default)")
     tracking_dir: str = arg("", help="tracking logs root (default: <out>.tracking next to the output)")
-    run_name: str = arg("", help="run name in the trackers (default: the output directory's name)")
+    run_name: str = arg("", help="tracker run name (default: the output's path below --tracking-dir's parent, else its name)")
 
     def validate(self) -> None:
         if self.batch_size % self.mini_batch_size:

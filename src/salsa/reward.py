@@ -52,7 +52,7 @@ class RewardConfig:
     threads: int = arg(0, help="torch CPU threads (0 = torch default)")
     report_to: list[str] = arg([], help="experiment trackers: tensorboard, wandb (none by default)")
     tracking_dir: str = arg("", help="tracking logs root (default: <out>.tracking next to the output)")
-    run_name: str = arg("", help="run name in the trackers (default: the output directory's name)")
+    run_name: str = arg("", help="tracker run name (default: the output's path below --tracking-dir's parent, else its name)")
 
 
 def encode_pairs(tokenizer, prompts: list[str], responses: list[str]):

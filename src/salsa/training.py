@@ -243,10 +243,28 @@ TRACKERS = ("tensorboard", "wandb")
 
 
 def tracking_location(config) -> tuple[Path, str]:
-    """(root directory, run name) of a stage's tracking logs: by default ``<out>.tracking/``."""
+    """(root directory, run name) of a stage's tracking logs: by default ``<out>.tracking/``.
+
+    Under a ``--tracking-dir`` the run is named by its output's path next to that directory
+    (``results/x/ppo/salsa/seed1`` under ``results/x/tracking`` -> ``ppo/salsa/seed1``), so the
+    workflow passes one directory and every run gets its own name.
+    """
     out = Path(config.out)
+    if config.run_name:
+        name = config.run_name
+    elif config.tracking_dir and out.resolve().is_relative_to(Path(config.tracking_dir).resolve().parent):
+        name = out.resolve().relative_to(Path(config.tracking_dir).resolve().parent).as_posix()
+    else:
+        name = out.name
     root = Path(config.tracking_dir) if config.tracking_dir else out.parent / f"{out.name}.tracking"
-    return root, config.run_name or out.name
+    return root, name
+
+
+def requested_trackers(config) -> list[str]:
+    """``report_to`` as tracker names: entries may be comma lists, ``none`` means none (how the workflow
+    passes "off" through a Snakemake resource, which is no rerun trigger)."""
+    names = [part.strip() for entry in config.report_to for part in entry.split(",")]
+    return list(dict.fromkeys(n for n in names if n and n != "none"))
 
 
 def experiment_trackers(config) -> list:
@@ -260,7 +278,7 @@ def experiment_trackers(config) -> list:
 
     root, run_name = tracking_location(config)
     trackers = []
-    for name in dict.fromkeys(config.report_to):
+    for name in requested_trackers(config):
         if name == "tensorboard":
             if not is_tensorboard_available():
                 raise artifacts.StageError("report_to tensorboard: install it with pip install -e '.[tracking]'")
