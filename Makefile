@@ -7,6 +7,8 @@ CORES ?= 2
 # .venv, run e.g. `make run CONSTRAINTS=` so pip keeps it (README, "Real models").
 CONSTRAINTS ?= constraints.txt
 SNAKEMAKE_ARGS ?=
+# pytest-xdist workers; one test file per worker at a time (module fixtures are built once)
+TEST_WORKERS ?= $(CORES)
 
 STAMP := $(VENV)/.installed
 
@@ -27,7 +29,7 @@ run: $(STAMP)
 	@echo "Tables: results/toy/tables/summary.md"
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 clean-results:
 	rm -rf results/toy .snakemake

@@ -18,6 +18,8 @@ rule tables:
                              caption="../docs/report/reward_models.rst"),
         runs_vs_start=report(result("tables", "runs_vs_start.csv"), category="Summary",
                              caption="../docs/report/runs_vs_start.rst"),
+        runs_vs_partner=report(result("tables", "runs_vs_partner.csv"), category="Summary",
+                               caption="../docs/report/runs_vs_partner.rst"),
         curves=report(result("tables", "ppo_curves.png"), category="Plots",
                       caption="../docs/report/ppo_curves.rst"),
         frontier=report(result("tables", "frontier.png"), category="Plots",

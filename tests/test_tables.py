@@ -169,3 +169,29 @@ def test_each_run_is_compared_with_the_model_its_metadata_says_it_started_from(t
     # salsa started from the soup (not the first SFT): 0.5, 0.5, 0.5, 0 -> 0.375; the base model is not evaluated
     assert result[["model", "vs"]].values.tolist() == [["ppo/salsa/seed1", "soup/uniform"]]
     assert result["diff"].item() == pytest.approx(0.375) and result.excludes_zero.item()
+
+
+def test_each_run_is_compared_with_its_partner_methods_run_of_the_same_seed_and_replicate(tmp_path):
+    import json
+
+    # per prompt gold; rep2's salsa seed 2 has no ppo partner (that run failed or was not asked for)
+    gold = {"rep1/ppo/ppo/seed1": [0.0, 0.5, 1.0, 0.5], "rep1/ppo/salsa/seed1": [1.0, 0.5, 1.0, 1.0],
+            "rep1/ppo/ppo/seed2": [1.0, 1.0, 1.0, 1.0], "rep1/ppo/salsa/seed2": [0.0, 0.0, 0.0, 0.0],
+            "rep2/ppo/ppo/seed1": [0.5, 0.5, 0.5, 0.5], "rep2/ppo/salsa/seed1": [0.5, 0.5, 0.5, 0.75],
+            "rep2/ppo/salsa/seed2": [1.0, 1.0, 1.0, 1.0],
+            "rep1/ppo/warm/seed1": [1.0, 1.0, 1.0, 1.0], "rep1/ppo/warm_salsa/seed1": [0.5, 1.0, 1.0, 1.0]}
+    for model, values in gold.items():
+        (tmp_path / "eval" / model).mkdir(parents=True)
+        rows = [{"split": "id", "prompt": f"p{i}", "gold": v} for i, v in enumerate(values)]
+        (tmp_path / "eval" / model / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    frame = pd.DataFrame([{"model": m, **tables.parse_model_id(m)} for m in gold])
+    methods = list(dict.fromkeys(tables.ppo_runs(frame).method))
+    partners = tables.method_partners(methods, "ppo", {"warm_salsa": "warm"})
+    assert partners == {"salsa": "ppo", "warm": "ppo", "warm_salsa": "warm"}
+    result = tables.same_prompts.run_partner_differences(tmp_path, frame, partners, n_boot=200, seed=0)
+    diffs = {(row.model, row.vs): row.diff for row in result.itertuples()}
+    assert diffs == pytest.approx({("rep1/ppo/salsa/seed1", "rep1/ppo/ppo/seed1"): 0.375,
+                                   ("rep1/ppo/salsa/seed2", "rep1/ppo/ppo/seed2"): -1.0,
+                                   ("rep2/ppo/salsa/seed1", "rep2/ppo/ppo/seed1"): 0.0625,
+                                   ("rep1/ppo/warm/seed1", "rep1/ppo/ppo/seed1"): 0.5,
+                                   ("rep1/ppo/warm_salsa/seed1", "rep1/ppo/warm/seed1"): -0.125})

@@ -1,9 +1,11 @@
 """Two trained models compared on the same evaluation prompts: gold differences with a paired bootstrap.
 
-Pairs: each soup against each SFT and each SFT against the first (within an outer replicate), and
-each PPO or DPO run against the model it started from (read from the run's own metadata), so a
-single run says whether training moved gold beyond evaluation noise. One run per model: the
-interval is over prompts, not over retraining.
+Pairs: each soup against each SFT and each SFT against the first (within an outer replicate), each
+PPO or DPO run against the model it started from (read from the run's own metadata), so a single run
+says whether training moved gold beyond evaluation noise, and each PPO run against its partner
+method's run of the same seed and replicate (SALSA seed 1 against PPO seed 1; DPO runs too): with one seed per
+method, as in most real-model runs, the only interval there is. One run per model: the interval is
+over prompts, not over retraining.
 """
 
 from __future__ import annotations
@@ -47,6 +49,17 @@ def start_pairs(results: Path, frame: pd.DataFrame) -> list[tuple[str, str]]:
     return [(run, start) for run in runs if (start := start_of_run(results, run)) in evaluated]
 
 
+def partner_pairs(frame: pd.DataFrame, partners: dict[str, str]) -> list[tuple[str, str]]:
+    """(run, the partner method's run with the same seed and replicate) for every PPO run whose method
+    has a partner (`partners`: method -> method, as the method comparisons pair them)."""
+    ppo = frame[frame.kind.isin(["ppo", "dpo"])]
+    replicates = ppo.replicate.astype(str) if "replicate" in ppo.columns else pd.Series("1", index=ppo.index)
+    run_of = {(method, str(seed), rep): model
+              for model, method, seed, rep in zip(ppo.model, ppo.method, ppo.seed.astype(str), replicates)}
+    return [(model, run_of[(partners[method], seed, rep)]) for (method, seed, rep), model in run_of.items()
+            if method in partners and (partners[method], seed, rep) in run_of]
+
+
 def gold_differences(results: Path, pairs: list[tuple[str, str]], n_boot: int, seed: int) -> pd.DataFrame:
     """model - vs in gold per split, on the prompts both answered (percentile bootstrap over prompts)."""
     gold = {m: {(r["split"], r["prompt"]): r.get("gold") for r in read_samples(results / "eval" / m / "samples.jsonl")}
@@ -72,6 +85,12 @@ def single_model_differences(results: Path, frame: pd.DataFrame, n_boot: int, se
 def run_start_differences(results: Path, frame: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     """Each trained run against its starting model: runs_vs_start.csv."""
     return gold_differences(results, start_pairs(results, frame), n_boot, seed)
+
+
+def run_partner_differences(results: Path, frame: pd.DataFrame, partners: dict[str, str], n_boot: int,
+                            seed: int) -> pd.DataFrame:
+    """Each PPO run against its partner method's run of the same seed: runs_vs_partner.csv."""
+    return gold_differences(results, partner_pairs(frame, partners), n_boot, seed)
 
 
 def render(frame: pd.DataFrame, heading: str, note: str, fmt) -> list[str]:

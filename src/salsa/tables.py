@@ -4,7 +4,7 @@ Writes summary.csv (every model, with prompt-level bootstrap intervals as
 <metric>_ci), methods.csv (every PPO method over seeds), comparisons.csv (each
 method against the reference method at the same sweep value, every metric,
 with Holm-adjusted p-values), matched_kl.csv (gold at matched KL to the first
-SFT), single_models.csv and runs_vs_start.csv (salsa.same_prompts),
+SFT), single_models.csv, runs_vs_start.csv and runs_vs_partner.csv (salsa.same_prompts),
 reward_models.csv (each reward model's held-out accuracy and the gold of
 the runs trained with it), summary.md (the tables a reader decides from), ppo_curves.png (gold and
 proxy reward against KL during PPO training) and frontier.png (final gold and
@@ -205,6 +205,12 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def method_partners(methods: list[str], reference_method: str, pairs: dict | None = None) -> dict[str, str]:
+    """Method -> the method it is compared with: `pairs[method]`, else `stats.partner`."""
+    return {method: (pairs or {}).get(method) or stats.partner(method, reference_method, methods)
+            for method in methods if method != reference_method}
+
+
 def compare_methods(frame: pd.DataFrame, reference_method: str, metrics: list[str], pairs: dict | None = None,
                     contrasts: list[tuple] = ()) -> pd.DataFrame:
     """Every method minus its partner (`pairs[method]`, else `stats.partner`) on every metric, and each
@@ -221,10 +227,7 @@ def compare_methods(frame: pd.DataFrame, reference_method: str, metrics: list[st
     if unknown:
         raise artifacts.StageError(f"--pairs/--contrasts name methods that did not run: {unknown} (methods: {methods})")
     rows = []
-    for method in methods:
-        if method == reference_method:
-            continue
-        other = (pairs or {}).get(method) or stats.partner(method, reference_method, methods)
+    for method, other in method_partners(methods, reference_method, pairs).items():
         for metric in [m for m in metrics if m in ppo.columns]:
             levels = stats.replicate_difference(ppo, metric, method, other)
             if ppo.replicate.nunique() > 1:
@@ -269,7 +272,8 @@ def pm(value, half) -> str:
 
 def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.DataFrame, matched: pd.DataFrame,
                     config: TablesConfig, singles: pd.DataFrame | None = None,
-                    rewards: pd.DataFrame | None = None, starts: pd.DataFrame | None = None) -> str:
+                    rewards: pd.DataFrame | None = None, starts: pd.DataFrame | None = None,
+                    seed_pairs: pd.DataFrame | None = None) -> str:
     metrics = shown_metrics(frame)
     baseline = config.baseline or config.models[0]
     parts = ["# Summary", "",
@@ -294,6 +298,11 @@ def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.Data
     parts += same_prompts.render(starts, "### Each trained run against the model it started from (same prompts)",
                                  "Did training move gold beyond evaluation noise? One run each: * = the "
                                  "prompt-level interval excludes 0, which says nothing about another seed.", fmt)
+    parts += same_prompts.render(seed_pairs, "### Each run against its partner method's run of the same seed "
+                                 "(same prompts)",
+                                 "Two trained runs on the same prompts: * = the prompt-level interval excludes 0, a "
+                                 "difference between these two runs; only seeds and replicates (the method "
+                                 "comparisons) speak for the methods.", fmt)
     if len(agg):
         for m in metrics:
             if m in agg.columns:
@@ -438,6 +447,9 @@ def main(argv: list[str] | None = None) -> None:
     matched = matched_kl_frame(frame, config.reference_method, config.n_boot, config.seed)
     singles = same_prompts.single_model_differences(Path(config.results), frame, config.n_boot, config.seed)
     starts = same_prompts.run_start_differences(Path(config.results), frame, config.n_boot, config.seed)
+    partners = method_partners(list(dict.fromkeys(ppo_runs(frame).method)), config.reference_method, pairs)
+    seed_pairs = same_prompts.run_partner_differences(Path(config.results), frame, partners, config.n_boot,
+                                                      config.seed)
     rewards = reward_models_frame(Path(config.results), config.reward_models, frame)
     with artifacts.atomic_dir(config.out) as tmp:
         frame.to_csv(tmp / "summary.csv", index=False)
@@ -447,8 +459,9 @@ def main(argv: list[str] | None = None) -> None:
         singles.to_csv(tmp / "single_models.csv", index=False)
         rewards.to_csv(tmp / "reward_models.csv", index=False)
         starts.to_csv(tmp / "runs_vs_start.csv", index=False)
+        seed_pairs.to_csv(tmp / "runs_vs_partner.csv", index=False)
         (tmp / "summary.md").write_text(render_markdown(frame, agg, comparisons, matched, config, singles, rewards,
-                                                        starts))
+                                                        starts, seed_pairs))
         plot_curves(Path(config.results), frame, tmp / "ppo_curves.png")
         plot_frontier(frame, tmp / "frontier.png", fitted_curves(frame))
         artifacts.write_metadata(tmp, "tables", config, config.seed)
