@@ -239,3 +239,16 @@ def test_arena_metrics_report_dropped_games_and_questions():
     metrics, table = arena_metrics(rows, "arena_hard_v0.1", n_boot=0)
     assert (metrics["arena_n_dropped_games"], metrics["arena_n_dropped"]) == (3, 1)
     assert "dropped: 3 game(s)" in table
+
+
+def test_an_arena_model_without_a_valid_verdict_gets_no_win_rate():
+    from salsa.benchmarks.scores_json import arena_metrics
+
+    # every game unparseable (a small local judge): the Bradley-Terry fit would say 50%
+    rows = [_legacy("m", None, None), _legacy("m", "no verdict", None)]
+    metrics, table = arena_metrics(rows, "arena_hard_v0.1", n_boot=10)
+    assert "arena_winrate" not in metrics and "arena_ci_low" not in metrics
+    assert metrics["arena_n_battles"] == 0 and metrics["arena_n_dropped"] == 2
+    assert [line.split() for line in table.splitlines() if line.startswith("m ")] == [["m", "-", "-", "-", "2"]]
+    one_valid, _ = arena_metrics([*rows, _legacy("m", "B>A", None)], "arena_hard_v0.1", n_boot=0)
+    assert one_valid["arena_winrate"] > 50.0  # one win is a win rate again

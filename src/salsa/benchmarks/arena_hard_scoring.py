@@ -135,9 +135,11 @@ def arena_v01_scores(records: list[dict], baseline: str, n_boot: int = 100, seed
     table = {}
     for name in models:
         i = index[name]
-        row = {"winrate": _win_rate_percent(point[i]), "n_battles": int((who == i).sum()),
+        n_battles = int((who == i).sum())
+        # no valid verdict: no win rate (a fit with no battles would report the prior's 50%)
+        row = {"winrate": _win_rate_percent(point[i]) if n_battles else float("nan"), "n_battles": n_battles,
                "n_questions": questions[name]}
-        if len(boots):
+        if len(boots) and n_battles:
             row["ci_low"] = _win_rate_percent(np.percentile(boots[:, i], 2.5))
             row["ci_high"] = _win_rate_percent(np.percentile(boots[:, i], 97.5))
         table[name] = row

@@ -45,9 +45,10 @@ def arena_metrics(records: list[dict], benchmark: str, n_boot: int = 100, seed: 
     table = arena_v01_scores(records, baseline, n_boot, seed, strong_weight)
     row = table[models[0]]
     dropped = legacy_dropped(records)
-    metrics = {"arena_winrate": row["winrate"], "arena_n_battles": row["n_battles"],
-               "arena_n_questions": row["n_questions"], "arena_n_dropped_games": dropped["games"],
-               "arena_n_dropped": dropped["questions"]}
+    metrics = {"arena_n_battles": row["n_battles"], "arena_n_questions": row["n_questions"],
+               "arena_n_dropped_games": dropped["games"], "arena_n_dropped": dropped["questions"]}
+    if row["n_battles"]:  # without a valid verdict there is no win rate, as MT-Bench has no score
+        metrics["arena_winrate"] = row["winrate"]
     if "ci_low" in row:
         metrics.update(arena_ci_low=row["ci_low"], arena_ci_high=row["ci_high"])
     title = f"{benchmark} (Bradley-Terry win rate % vs {baseline}, 95% CI; judge {records[0]['judge']})"
