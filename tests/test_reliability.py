@@ -212,7 +212,8 @@ def test_existing_hub_ids_and_local_paths_pass(tmp_path):
 
 
 EXPERIMENTS = REPO / "config" / "experiments"
-SHIPPED = [[p] for p in sorted(EXPERIMENTS.glob("*.yaml")) if p.stem not in ("smollm2-gpu", "smollm2-gold")] + [
+SHIPPED = [[p] for p in sorted(EXPERIMENTS.glob("*.yaml"))
+           if p.stem not in ("smollm2-gpu", "smollm2-gold", "smollm2-bench")] + [
     [EXPERIMENTS / "smollm2-135m.yaml", EXPERIMENTS / "smollm2-gpu.yaml"],
     [EXPERIMENTS / "smollm2-135m.yaml", EXPERIMENTS / "smollm2-gold.yaml"],
     [EXPERIMENTS / "smollm2-135m.yaml", REPO / "tests" / "config" / "smollm2-fast.yaml"], [TINY]]
@@ -222,6 +223,16 @@ SHIPPED = [[p] for p in sorted(EXPERIMENTS.glob("*.yaml")) if p.stem not in ("sm
 def test_every_shipped_config_passes_the_checks(files):
     config = resolved(*(yaml.safe_load(p.read_text()) for p in files))
     assert config_check.problems(config, SCHEMA, REPO) == []
+
+
+def test_the_smollm2_bench_overlay_needs_the_judge_the_gold_overlay_writes(tmp_path):
+    files = [EXPERIMENTS / f"{name}.yaml" for name in ("smollm2-135m", "smollm2-gold", "smollm2-bench")]
+    config = resolved(*(yaml.safe_load(p.read_text()) for p in files))
+    missing = config_check.problems(config, SCHEMA, tmp_path)
+    assert missing and all("judging.judge_model: results/smollm2-gold/base_model: no such file" in m
+                           for m in missing), missing
+    (tmp_path / "results" / "smollm2-gold" / "base_model").mkdir(parents=True)  # after the gold overlay ran
+    assert config_check.problems(config, SCHEMA, tmp_path) == []
 
 
 def snakemake(workdir, *args):
