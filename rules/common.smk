@@ -85,19 +85,21 @@ def launcher(stage, salsa_module=None):
     """`exec python -m salsa.<module>`, or `exec accelerate launch` over N processes when the stage asks for
     N > 1 GPUs. `exec`: the stage replaces the job's shell, so killing the job kills the stage."""
     salsa_module = salsa_module or DATA_PARALLEL.get(stage) or SINGLE_PROCESS[stage]
-    every = " --checkpoint-every {resources.checkpoint_every}" if stage in DATA_PARALLEL else ""
-    if stage in TRACKED_STAGES:  # each run is named by its output's path below results/<experiment>/
-        every += f" --report-to {{resources.report_to}} --tracking-dir {shlex.quote(result('tracking'))}"
+    # flags read from resources (no rerun trigger): checkpoint interval, trackers; a tracked run is
+    # named by its output's path below results/<experiment>/
+    resource_flags = " --checkpoint-every {resources.checkpoint_every}" if stage in DATA_PARALLEL else ""
+    if stage in TRACKED_STAGES:
+        resource_flags += f" --report-to {{resources.report_to}} --tracking-dir {shlex.quote(result('tracking'))}"
     gpus = int(resources_for(stage, "gpus", 0))
     if gpus <= 1:
-        return f"exec python -m salsa.{salsa_module}{every}"
+        return f"exec python -m salsa.{salsa_module}{resource_flags}"
     if stage not in DATA_PARALLEL:
         raise ValueError(f"resources.{stage}.gpus: {stage} runs in one process; use gpus 0 or 1")
     name = resources_for(stage, "accelerate_config", "ddp")
     path = name if name.endswith(".yaml") else os.path.join(workflow.basedir, "config", "accelerate", f"{name}.yaml")
     command = shlex.join(["accelerate", "launch", "--config_file", path, "--num_processes", str(gpus),
                           "-m", f"salsa.{salsa_module}"])
-    return f"exec {command}{every}"
+    return f"exec {command}{resource_flags}"
 
 
 def stage_resources(stage):

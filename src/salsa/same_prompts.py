@@ -1,11 +1,10 @@
 """Two trained models compared on the same evaluation prompts: gold differences with a paired bootstrap.
 
-Pairs: each soup against each SFT and each SFT against the first (within an outer replicate), each
+Pairs: each soup against each SFT and each SFT against the first (within an outer replicate); each
 PPO or DPO run against the model it started from (read from the run's own metadata), so a single run
-says whether training moved gold beyond evaluation noise, and each PPO run against its partner
-method's run of the same seed and replicate (SALSA seed 1 against PPO seed 1; DPO runs too): with one seed per
-method, as in most real-model runs, the only interval there is. One run per model: the interval is
-over prompts, not over retraining.
+says whether training moved gold beyond evaluation noise; and each PPO or DPO run against its partner
+method's run of the same seed and replicate (SALSA seed 1 against PPO seed 1), the only interval a
+one-seed-per-method run has. One run per model: the interval is over prompts, not over retraining.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ def start_pairs(results: Path, frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def partner_pairs(frame: pd.DataFrame, partners: dict[str, str]) -> list[tuple[str, str]]:
-    """(run, the partner method's run with the same seed and replicate) for every PPO run whose method
+    """(run, the partner method's run with the same seed and replicate) for every PPO or DPO run whose method
     has a partner (`partners`: method -> method, as the method comparisons pair them)."""
     ppo = frame[frame.kind.isin(["ppo", "dpo"])]
     replicates = ppo.replicate.astype(str) if "replicate" in ppo.columns else pd.Series("1", index=ppo.index)
@@ -89,7 +88,7 @@ def run_start_differences(results: Path, frame: pd.DataFrame, n_boot: int, seed:
 
 def run_partner_differences(results: Path, frame: pd.DataFrame, partners: dict[str, str], n_boot: int,
                             seed: int) -> pd.DataFrame:
-    """Each PPO run against its partner method's run of the same seed: runs_vs_partner.csv."""
+    """Each run against its partner method's run of the same seed: runs_vs_partner.csv."""
     return gold_differences(results, partner_pairs(frame, partners), n_boot, seed)
 
 
