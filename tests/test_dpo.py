@@ -1,6 +1,8 @@
 """DPO-family stage: losses against hand-computed values, cached reference log-probs, a real tiny run."""
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -103,7 +105,7 @@ def on_the_fly(tiny, data, cache, lora_r: int, perturb_adapter: bool = False):
                 for name, param in policy.named_parameters():
                     if "lora_B" in name:
                         param.normal_(0, 0.5)
-    reference = dpo.ReferenceLogprobs(config, policy, training.make_accelerator(), train, held_out,
+    reference = dpo.ReferenceLogprobs(config, policy, training.make_accelerator(config), train, held_out,
                                       tokenizer.pad_token_id)
     cached = dpo_reference.read_cache(str(cache), {"prefs_train": train.fingerprint(),
                                                    "prefs_eval": held_out.fingerprint()})
@@ -178,3 +180,37 @@ def test_dpo_killed_after_a_checkpoint_resumes_and_matches_an_uninterrupted_run(
     a, b = (load_file(p / "model" / "model.safetensors") for p in (tmp_path / "straight", resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((resumed / "summary.json").read_text())["resumed_from_step"] == 4
+
+
+def stage(module: str, *args) -> subprocess.CompletedProcess:
+    """A stage in its own process: accelerate's state is per process, and these runs use bf16 autocast."""
+    return subprocess.run([sys.executable, "-m", f"salsa.{module}", *map(str, args), "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cache_at_the_policys_precision_gives_a_zero_initial_margin(tiny, tmp_path):
+    """bf16 weights: the policy trains fp32 weights under bf16 autocast, and so must the cached reference
+    compute, or DPO starts from a spurious preference (issue: accuracy 0.438 at lr 0 with a bf16 cache)."""
+    cache = tmp_path / "cache"
+    assert stage("dpo_reference", "--model", tiny["base"], "--data", tiny["data"], "--out", cache,
+                 "--dtype", "bfloat16").returncode == 0
+    run = stage("dpo", "--policy", tiny["base"], "--reference", tiny["base"], "--data", tiny["data"],
+                "--out", tmp_path / "run", "--steps", 1, "--batch-size", 8, "--lr", 0, "--dtype", "bfloat16",
+                "--reference-logprobs", cache)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["eval_margin"] == 0.0 and summary["eval_accuracy"] == 0.5
+
+
+def test_a_cache_of_another_precision_or_reference_is_refused(tiny, tmp_path):
+    bf16 = tmp_path / "bf16"
+    assert stage("dpo_reference", "--model", tiny["base"], "--data", tiny["data"], "--out", bf16,
+                 "--dtype", "bfloat16", "--weights-dtype", "bfloat16").returncode == 0
+    run = ["--data", tiny["data"], "--out", tmp_path / "run", "--steps", 1, "--batch-size", 8,
+           "--dtype", "bfloat16", "--reference-logprobs", bf16]
+    wrong_precision = stage("dpo", "--policy", tiny["base"], "--reference", tiny["base"], *run)
+    assert wrong_precision.returncode != 0
+    assert "computed at {'weights_dtype': 'bfloat16', 'autocast': 'bf16'}, but this policy trains at " \
+           "{'weights_dtype': 'float32'" in wrong_precision.stderr
+    wrong_model = stage("dpo", "--policy", tiny["sft1"], "--reference", tiny["sft1"], *run)  # base's cache
+    assert wrong_model.returncode != 0 and "not with the reference" in wrong_model.stderr

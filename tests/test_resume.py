@@ -65,7 +65,7 @@ def test_ppo_killed_after_a_checkpoint_resumes_and_matches_an_uninterrupted_run(
     # the sampler state makes the third rollout the one the uninterrupted run drew.
     straight_metrics = pd.read_csv(tmp_path / "straight" / "metrics.csv")
     resumed_metrics = pd.read_csv(resumed / "metrics.csv")
-    columns = [c for c in straight_metrics.columns if not c.startswith("time_")]
+    columns = [c for c in straight_metrics.columns if not c.startswith(("time_", "peak_memory"))]  # machine readings
     pd.testing.assert_frame_equal(straight_metrics[columns], resumed_metrics[columns])
     assert (resumed / "rollouts.jsonl").read_text() == (tmp_path / "straight" / "rollouts.jsonl").read_text()
     a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
@@ -81,3 +81,24 @@ def test_a_checkpoint_from_other_settings_is_not_resumed(tiny, tmp_path, capsys)
     sft.main([*base, "--lr", "0.01"])  # the user changed the config before resubmitting
     assert "written with different settings" in capsys.readouterr().out
     assert json.loads((out / "train_summary.json").read_text())["resumed_from_step"] == 0
+
+
+def test_a_stop_signal_checkpoints_exits_for_requeue_and_the_rerun_matches(tiny, tmp_path):
+    """SLURM's warning signal (SIGUSR1 via --signal, or SIGTERM) mid-run: the stage finishes its step,
+    checkpoints, exits with PREEMPTED_EXIT_CODE, and a rerun ends bitwise where an uninterrupted run ends."""
+    out = tmp_path / "sft"
+    args = ["--model", str(tiny["base"]), "--data", str(tiny["data"] / "sft"), "--out", str(out), "--seed", "1",
+            "--steps", "600", "--batch-size", "16", "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "salsa.sft", *args], stderr=subprocess.PIPE, text=True)
+    for line in iter(proc.stderr.readline, ""):  # the progress bar appears once the loop has started
+        if line.startswith("sft:"):
+            break
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=300) == training.PREEMPTED_EXIT_CODE
+    stopped_at = json.loads((training.resume_dir(out) / training.LATEST).read_text())["step"]
+    assert 0 < stopped_at < 600 and not out.exists()
+    assert subprocess.run([sys.executable, "-m", "salsa.sft", *args], capture_output=True).returncode == 0
+    assert json.loads((out / "train_summary.json").read_text())["resumed_from_step"] == stopped_at
+    sft.main([*args[:5], str(tmp_path / "straight"), *args[6:]])
+    resumed, straight = load_file(out / "model.safetensors"), load_file(tmp_path / "straight" / "model.safetensors")
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
