@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from salsa import artifacts
+from salsa import artifacts, distributed
 from salsa.args import arg, parse
-from salsa.modeling import load_reward_model, load_tokenizer
+from salsa.modeling import default_device, load_reward_model, load_tokenizer
 from salsa.reward import NORMALIZATION_FILE, evaluate_pairs, load_pairs, normalization_stats
 from salsa.soup import average_checkpoints
 
@@ -47,7 +47,7 @@ def renormalise(directory: Path, config: RewardSoupConfig) -> dict:
     from datasets import load_from_disk
 
     tokenizer = load_tokenizer(str(directory))
-    model = load_reward_model(str(directory), config.dtype).eval()
+    model = distributed.frozen(load_reward_model(str(directory), config.dtype), default_device())
     model.config.pad_token_id = tokenizer.pad_token_id
     prompts = list(load_from_disk(f"{config.data}/ppo_prompts")["prompt"])[:config.normalize_samples]
     normalization = normalization_stats(model, tokenizer, config.normalize_policy, prompts, config)
