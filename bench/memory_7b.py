@@ -63,12 +63,21 @@ def measured_for(results: dict, family: str, regime: str) -> dict:
             "constant": max(0.0, full["constant_bytes"]), "kept_per_token": kept["per_token_bytes"]}
 
 
+def merged(base: dict, overlay: dict) -> dict:
+    """``overlay`` over ``base``, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def overlay_settings(name: str) -> dict:
     """What the overlay configures for each GPU stage (DPO: not in the 7B overlays, DPOConfig's defaults)."""
     import yaml
     from salsa.dpo import DPOConfig
 
-    overlay = yaml.safe_load((REPO / "config" / "experiments" / f"{name}.yaml").read_text())
+    overlay = merged(yaml.safe_load((REPO / "config" / "config.yaml").read_text()),  # as snakemake --configfile A B
+                     yaml.safe_load((REPO / "config" / "experiments" / f"{name}.yaml").read_text()))
     hub, res, ppo = overlay["data"]["hub"], overlay["resources"], overlay["ppo"]["params"]
     pair_width = hub["max_prompt_length"] + hub["max_response_length"]
 
@@ -86,7 +95,8 @@ def overlay_settings(name: str) -> dict:
         "dpo": stage({}, res["reward_model"], pair_width, dpo_default, response_width=hub["max_response_length"]),
         "ppo": stage(ppo, res["ppo"], hub["max_prompt_length"] + ppo["max_new_tokens"], ppo["batch_size"],
                      response_width=ppo["max_new_tokens"], lora_r=ppo["lora_r"], value_lora_r=ppo["value_lora_r"],
-                     targets=ppo["lora_target_modules"]) | {"micro_batch": ppo["mini_batch_size"]},
+                     targets=ppo["lora_target_modules"]) | {"micro_batch": ppo.get("micro_batch_size",
+                                                                                ppo["mini_batch_size"])},
     }
 
 
@@ -153,6 +163,17 @@ def plan(results: dict) -> list[dict]:
     return rows
 
 
+def overlay_backend(stage: str, setting: dict) -> str:
+    """The backend the overlay runs the stage with (DPO: none configured; the reward stage's)."""
+    backend = {"deepspeed-zero3": "zero3", "fsdp": "fsdp", "ddp": "ddp"}[setting["accelerate_config"]]
+    return "lora" if backend == "ddp" and setting.get("lora_r", 0) > 0 else backend
+
+
+def sanitized(command: str) -> str:
+    """No path of this machine in BENCHMARKS.md."""
+    return " ".join("FILE" if part.startswith("/") else part for part in command.split())
+
+
 def gib(n: float) -> str:
     return f"{n / 2**30:.1f}"
 
@@ -192,7 +213,9 @@ def render(results: dict) -> str:
              f"{results['versions']}. Load average (1/5/15 min) before {' '.join(f'{x:.2f}' for x in results['load_before'])}, "
              f"after {' '.join(f'{x:.2f}' for x in results['load_after'])} (the machine is shared with other "
              f"engineers' jobs; saved bytes do not depend on load). Measurement took {results['seconds']:.0f} s.",
-             f"Command: `{results['command']}` (from the repository root).", "",
+             f"Command: `{sanitized(results['command'])}` (from the repository root)"
+             + (f", this section then written by `{sanitized(results['written_by'])}`" if "written_by" in results else "")
+             + ".", "",
              "Measured: bytes autograd saves for backward in one decoder layer of each family's real shape (the "
              "second of a 2-layer model built from its transformers config class, vocabulary 512), SDPA attention, "
              f"micro-batch {results['micro_batch']}, one padded position per sequence, lengths "
@@ -212,8 +235,8 @@ def render(results: dict) -> str:
     llama = m["llama2-7b/full-fp32-autocast/full"]
     layer_params = architecture_of("llama2-7b")["layer_params"]
     lines += ["", f"- The autocast constant is the bf16 copy of the layer's fp32 matrices autograd keeps: "
-              f"{llama['constant_bytes'] / (2 * layer_params):.4f} x 2 bytes x {layer_params:,} layer parameters "
-              "(norm weights stay fp32). Checkpointed, a layer keeps only its input: the hidden size x 4 bytes "
+              f"2 bytes x {layer_params:,} layer parameters x {llama['constant_bytes'] / (2 * layer_params):.5f} (the norm "
+              "weights, not cast, are the difference). Checkpointed, a layer keeps only its input: the hidden size x 4 bytes "
               "(fp32 residual stream under autocast with fp32 weights) or x 2 (bf16).",
               f"- Issue 17 reported 190.6 KiB/token/layer for a Llama-7B layer, full fine-tuning, bf16 autocast; "
               f"measured here {llama['per_token_bytes'] / KIB:.2f} with fp32 weights under autocast (what DDP runs) "
@@ -221,7 +244,14 @@ def render(results: dict) -> str:
               "not say how it counted; the table below shows where the bytes go. Under autocast with fp32 weights "
               "the residual stream is fp32 (each RMSNorm saves its 16 KiB input and 16 KiB normalised output) and "
               "the normalised fp32 hidden state is cast to bf16 once per consuming projection (q, k, v: 3 copies; "
-              "gate, up: 2), which bf16 weights avoid.", ""]
+              "gate, up: 2), which bf16 weights avoid."]
+    mistral = m["mistral-7b/full-fp32-autocast/full"]["per_token_bytes"]
+    mlp_extra = 4 * (FAMILIES["mistral-7b"][1]["intermediate_size"] - FAMILIES["llama2-7b"][1]["intermediate_size"]) * 2
+    lines += [f"- Mistral-7B minus Llama-2-7B (fp32 weights, autocast): {(mistral - llama['per_token_bytes']) / KIB:.2f} "
+              f"KiB/token/layer; the four bf16 MLP tensors of its wider MLP account for {mlp_extra / KIB:.2f}. Its 8 KV "
+              "heads (Llama: 32) save no activation memory here: with a padding mask, transformers repeats keys and values to all 32 heads "
+              "before SDPA (integrations/sdpa_attention.use_gqa_in_sdpa), and the repeated ones are what SDPA saves.",
+              ""]
     lines += breakdown_lines(results)
     lines += ["Per device, in GiB, from src/salsa/memory.py with these figures (its docstring lists what is and is "
               "not counted). Configured: the overlay's per-process micro-batch (batch / GPUs: no gradient "
@@ -234,7 +264,7 @@ def render(results: dict) -> str:
               "policy's gathered bf16 weights; the peak is the larger phase. LoRA rows: r 64 on q, k, v, o (PPO: "
               "the overlay's lora_r / value_lora_r, reference = the policy with its adapter off). Fits: the largest "
               f"micro-batch dividing the per-process share, under {DEVICE_GIB} GiB less {RESERVE_GIB} GiB headroom "
-              "(ours), without / with gradient checkpointing.", "",
+              "(ours), without / with gradient checkpointing. (overlay): the backend the overlay configures.", "",
               "| overlay | stage | backend | GPUs | configured: micro-batch x width | states + frozen | update | "
               "generation | peak configured | fits without ckpt (peak) | fits with ckpt (peak) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -246,7 +276,8 @@ def render(results: dict) -> str:
         current = f"{setting['micro_batch']} x {setting['width']}{' ckpt' if setting['checkpointing'] else ''}"
         fits = [f"{got[0]} ({gib(got[1])})" if got else "nothing" for got in (row["fits"][False], row["fits"][True])]
         mark = "" if cfg["peak"] <= budget else " **over**"
-        lines.append(f"| {row['overlay']} | {row['stage']} | {BACKEND_LABEL[row['backend']]} | {setting['gpus']} | "
+        ours = " (overlay)" if row["stage"] != "dpo" and row["backend"] == overlay_backend(row["stage"], setting) else ""
+        lines.append(f"| {row['overlay']} | {row['stage']} | {BACKEND_LABEL[row['backend']]}{ours} | {setting['gpus']} | "
                      f"{current} | {gib(fixed)} | {gib(update)} | {gib(generation) if generation else '-'} | "
                      f"{gib(cfg['peak'])}{mark} | {fits[0]} | {fits[1]} |")
     lines.append("")
@@ -263,7 +294,7 @@ def render(results: dict) -> str:
             lines.append(
                 f"- {family}, full-parameter PPO on {setting['gpus']} x {DEVICE_GIB} GiB, ZeRO-3 "
                 f"{'with' if ckpt else 'without'} gradient checkpointing: up to {mb} rollouts per process per "
-                f"forward, peak {gib(peak_bytes)} GiB = policy + value states sharded over {setting['gpus']} "
+                f"forward, peak {gib(peak_bytes)} GiB = policy + value states sharded over {setting['gpus']} GPUs "
                 f"{gib(parts['states'])} + reference and reward bf16 copies {gib(parts['frozen'])} + the larger of "
                 f"generation {gib(parts['generation'])} (KV cache of {setting['batch'] // setting['gpus']} rollouts x "
                 f"{setting['width']} tokens + the gathered bf16 policy) and update {gib(parts['update'])}.")
@@ -291,6 +322,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.measured:
         results = json.loads(args.measured.read_text())
+        results["written_by"] = " ".join([os.path.relpath(sys.executable, REPO), *sys.argv])
     else:
         started = time.time()
         load_before = os.getloadavg()
