@@ -260,6 +260,16 @@ def ppo_run_ids():
             for r in replicate_numbers() for m in PPO_METHODS for s in config["ppo"]["seeds"]]
 
 
+def dpo_reference_precision():
+    """The reference cache is computed as the DPO policy computes: loaded in `dtype`, under its autocast, in
+    fp32 weights when the policy trains every weight in fp32, else (LoRA base, DeepSpeed) in `dtype`."""
+    params = config.get("dpo", {}).get("params", {})
+    dtype = params.get("dtype", "float32")
+    keeps_dtype = params.get("lora_r", 0) > 0 or "deepspeed" in str(resources_for("dpo", "accelerate_config", ""))
+    return {"dtype": dtype, "mixed_precision": params.get("mixed_precision", "no"),
+            "weights_dtype": dtype if keeps_dtype else "float32"}
+
+
 def dpo_run_ids():
     return [f"dpo/{m}/seed{s}" for m in DPO_METHODS for s in config.get("dpo", {}).get("seeds", [])]
 

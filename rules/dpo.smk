@@ -4,14 +4,14 @@ rule dpo_reference:
     input:
         data=result("data"),
         model=lambda w: model_dir(w.ref),
-        src=src("dpo_reference", "modeling", "reward"),
+        src=src("dpo_reference", "distributed", "modeling", "reward"),
     output:
         directory(result("dpo_ref", "{ref}")),
     wildcard_constraints:
         ref=r"base|sft/[A-Za-z0-9_.-]+|soup/[A-Za-z0-9_.-]+",
     params:
         model=lambda w: model_path(w.ref),
-        args=cli({k: v for k, v in config.get("dpo", {}).get("params", {}).items() if k in ("dtype",)}),
+        args=cli(dpo_reference_precision()),
     threads: THREADS
     log:
         result("logs", "dpo_ref", "{ref}.log"),
@@ -32,7 +32,7 @@ rule dpo:
         policy=lambda w: model_dir(DPO_METHODS[w.method]["init"]),
         reference=lambda w: model_dir(DPO_METHODS[w.method]["reference"]),
         reference_logprobs=lambda w: result("dpo_ref", DPO_METHODS[w.method]["reference"]),
-        src=src("dpo", "dpo_reference", "training", "modeling", "reward", "ppo"),
+        src=src("dpo", "dpo_reference", "training", "distributed", "modeling", "reward", "ppo", "ppo_models"),
     output:
         directory(result("dpo", "{method}", "seed{seed}")),
     params:

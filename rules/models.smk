@@ -1,7 +1,7 @@
 rule base_model:
     input:
         data=result("data"),
-        src=src("base", "sft", "training", "modeling"),
+        src=src("base", "sft", "training", "distributed", "modeling"),
     output:
         directory(result("base_model")),
     params:
@@ -24,7 +24,7 @@ rule sft:
     input:
         data=result("data"),
         base=result("base_model"),
-        src=src("sft", "training", "modeling"),
+        src=src("sft", "training", "distributed", "modeling"),
     output:
         directory(result("{rp}sft", "{sft}")),
     params:

@@ -4,7 +4,7 @@ rule ppo:
         policy=lambda w: model_dir(in_replicate(PPO_METHODS[w.method]["init"], wildcard_replicate(w.rp))),
         reference=lambda w: model_dir(in_replicate(PPO_METHODS[w.method]["reference"], wildcard_replicate(w.rp))),
         reward=lambda w: reward_dir(PPO_METHODS[w.method].get("reward", "reward_model"), wildcard_replicate(w.rp)),
-        src=src("ppo", "ppo_math", "training", "modeling", "generation"),
+        src=src("ppo", "ppo_math", "ppo_models", "anchor", "training", "distributed", "modeling", "generation"),
     output:
         directory(result("{rp}ppo", "{method}", "seed{seed}")),
     params:

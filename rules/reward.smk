@@ -5,7 +5,7 @@ rule reward_model:
         policy=lambda w: model_dir(in_replicate(config["reward_model"].get("normalize_policy",
                                                                            config["reward_model"]["init"]),
                                                 wildcard_replicate(w.rp))),
-        src=src("reward", "training", "modeling", "generation"),
+        src=src("reward", "training", "distributed", "modeling", "generation"),
     output:
         directory(result("{rp}reward_model")),
     params:

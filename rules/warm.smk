@@ -6,7 +6,7 @@ use rule reward_model as reward_replica with:
         data=result("data"),
         init=lambda w: model_dir(reward_settings(w.name)["init"]),
         policy=lambda w: model_dir(reward_settings(w.name).get("normalize_policy", reward_settings(w.name)["init"])),
-        src=src("reward", "training", "modeling", "generation"),
+        src=src("reward", "training", "distributed", "modeling", "generation"),
     output:
         directory(result("reward", "{name}")),
     wildcard_constraints:
@@ -26,7 +26,7 @@ rule reward_soup:
         ingredients=lambda w: [reward_dir(r) for r in reward_soup_settings(w.soup)[0]],
         data=result("data"),
         policy=model_dir(config["reward_model"].get("normalize_policy", config["reward_model"]["init"])),
-        src=src("reward_soup", "soup", "reward", "modeling", "generation"),
+        src=src("reward_soup", "soup", "reward", "distributed", "modeling", "generation"),
     output:
         directory(result("reward_soup", "{soup}")),
     params:
