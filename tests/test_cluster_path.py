@@ -8,15 +8,14 @@ from __future__ import annotations
 import math
 import re
 import shlex
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from test_cluster import MY_CLUSTER, PROFILES, merged
-from test_workflow import DEFAULT, REPO, SNAKEMAKE, scheduled_rules, snakemake
+from test_cluster import PROFILES, dry_run, merged
+from test_workflow import DEFAULT, REPO, scheduled_rules, snakemake
 
 EXPERIMENTS = REPO / "config" / "experiments"
 SEVEN_B = ["llama2-7b", "mistral-7b", "gemma-2b"]
@@ -36,20 +35,6 @@ def job_blocks(output: str) -> list[dict]:
         jobs.append({"rule": rule.group(1), "input": fields["input"].split(", "), "resources": resources,
                      "shell": shell.group(1) if shell else ""})
     return jobs
-
-
-def dry_run(tmp_path: Path, profile: str, *configfiles: str, check: bool = True) -> subprocess.CompletedProcess:
-    my_cluster = tmp_path / "my-cluster.yaml"
-    my_cluster.write_text(MY_CLUSTER)
-    machine = ["--resources", "gpu=8"] if profile == "local-gpu" else []
-    command = [arg for arg in SNAKEMAKE if arg not in ("--cores", "2")]
-    proc = subprocess.run([*command, "-d", str(tmp_path), "-n", "-p", "--profile", str(PROFILES[profile]), *machine,
-                           "--configfile", DEFAULT, *configfiles, str(my_cluster)],
-                          capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1",
-                                                                            **__import__("os").environ})
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 @pytest.mark.parametrize("profile", PROFILES)
