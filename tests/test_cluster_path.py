@@ -8,33 +8,20 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
 
+from salsa.plan import dry_run_jobs
 from test_cluster import PROFILES, dry_run, merged
 from test_workflow import DEFAULT, REPO, scheduled_rules, snakemake
 
 EXPERIMENTS = REPO / "config" / "experiments"
 SEVEN_B = ["llama2-7b", "mistral-7b", "gemma-2b"]
-
-
-def job_blocks(output: str) -> list[dict]:
-    """Every job of a `snakemake -n -p` output: rule, input, resources (dict), shell."""
-    jobs = []
-    for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", output):
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
-        if not rule:
-            continue
-        fields = {key: (m.group(1) if (m := re.search(rf"^    {key}: (.*)$", block, re.M)) else "")
-                  for key in ("input", "resources")}
-        shell = re.search(r"^Shell command: (.*)$", block, re.M)
-        resources = dict(item.split("=", 1) for item in fields["resources"].split(", ") if "=" in item)
-        jobs.append({"rule": rule.group(1), "input": fields["input"].split(", "), "resources": resources,
-                     "shell": shell.group(1) if shell else ""})
-    return jobs
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -44,7 +31,7 @@ def test_dry_run_of_each_hub_overlay_is_the_cluster_users_path(name, profile, tm
     proc = dry_run(tmp_path, profile, overlay)
     config = merged(EXPERIMENTS / f"{name}.yaml")
     counts = scheduled_rules(proc.stdout)
-    jobs = job_blocks(proc.stdout + proc.stderr)
+    jobs = dry_run_jobs(proc.stdout + proc.stderr)
     marker = f"results/{name}/judge_preflight/ok.json"
     # the judges exist today, and a preflight that checks them comes before every GPU job
     judged = [b for b, spec in config["benchmarks"].items() if spec.get("enabled", True)]
@@ -124,7 +111,7 @@ def test_a_two_node_job_asks_one_task_and_its_gpus_per_node(tmp_path):
     two = tmp_path / "two-nodes.yaml"
     two.write_text("resources:\n  sft: {nodes: 2, runtime: 600}\n")
     proc = dry_run(tmp_path, "slurm", str(EXPERIMENTS / "llama2-7b.yaml"), str(two))
-    [sft, *_] = [j for j in job_blocks(proc.stdout + proc.stderr) if j["rule"] == "sft"]
+    [sft, *_] = [j for j in dry_run_jobs(proc.stdout + proc.stderr) if j["rule"] == "sft"]
     resources = sft["resources"]
     assert (resources["nodes"], resources["tasks"], resources["mpi"], resources["gpu"]) == ("2", "2", "srun", "0")
     assert resources["runtime"] == "600"                                    # an explicit runtime wins
@@ -149,3 +136,17 @@ def test_profiles_ask_for_the_preemption_signal_and_a_global_request_budget():
     assert "--signal=TERM@300" in slurm["default-resources"]["slurm_extra"]
     for profile in PROFILES.values():
         assert yaml.safe_load((profile / "config.yaml").read_text())["resources"]["api_requests"] >= 1
+
+
+def test_salsa_plan_prints_the_gpu_hours_and_the_judge_bill(tmp_path):
+    (tmp_path / "my-cluster.yaml").write_text("resources:\n  default: {slurm_partition: gpu}\n")
+    proc = subprocess.run([sys.executable, "-m", "salsa.cli", "plan", "-d", str(tmp_path), "-s", str(REPO / "Snakefile"),
+                           "--profile", str(PROFILES["slurm"]), "--configfile", DEFAULT,
+                           str(EXPERIMENTS / "llama2-7b.yaml"), str(tmp_path / "my-cluster.yaml")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()}
+    # ppo: 6 jobs x 8 GPUs x (ceil(300 updates x 30 s x 1.5 / 60) + 20 = 245 min)
+    assert rows["ppo"][1:] == ["6", "8", "4.1", "196.0"]
+    assert rows["mt_bench"][3] == str(80 * 2 * 9) and rows["arena_hard_v0.1"][-1] == "$135.00"
+    assert re.search(r"^total: 61 jobs, [\d.]+ GPU-hours requested", proc.stdout, re.M)
