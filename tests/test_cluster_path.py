@@ -150,3 +150,13 @@ def test_salsa_plan_prints_the_gpu_hours_and_the_judge_bill(tmp_path):
     assert rows["ppo"][1:] == ["6", "8", "4.1", "196.0"]
     assert rows["mt_bench"][3] == str(80 * 2 * 9) and rows["arena_hard_v0.1"][-1] == "$135.00"
     assert re.search(r"^total: 61 jobs, [\d.]+ GPU-hours requested", proc.stdout, re.M)
+
+
+def test_the_open_weight_judge_overlay_points_every_judge_at_the_local_server(tmp_path):
+    proc = dry_run(tmp_path, "slurm", EXPERIMENTS / "llama2-7b.yaml", EXPERIMENTS / "judge-open-weight.yaml")
+    jobs = dry_run_jobs(proc.stdout + proc.stderr)
+    judges = [j for j in jobs if j["rule"] == "evaluate_judge"]
+    assert judges and all("--judge-model Qwen/Qwen2.5-72B-Instruct --base-url http://127.0.0.1:8000/v1" in j["shell"]
+                          and j["resources"]["api_requests"] == "16" for j in judges)
+    [preflight] = [j for j in jobs if j["rule"] == "judge_preflight"]
+    assert preflight["shell"].count('"base_url": "http://127.0.0.1:8000/v1"') == 2
