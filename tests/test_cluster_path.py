@@ -160,3 +160,9 @@ def test_the_open_weight_judge_overlay_points_every_judge_at_the_local_server(tm
                           and j["resources"]["api_requests"] == "16" for j in judges)
     [preflight] = [j for j in jobs if j["rule"] == "judge_preflight"]
     assert preflight["shell"].count('"base_url": "http://127.0.0.1:8000/v1"') == 2
+
+
+def test_judges_that_load_a_model_go_to_the_cluster_by_default(tmp_path):
+    reward = tmp_path / "reward-judge.yaml"
+    reward.write_text("benchmarks:\n  mt_bench: {judge: reward}\n")
+    assert local_rules(tmp_path, EXPERIMENTS / "llama2-7b.yaml", reward) == {"fetch_benchmark"}
