@@ -129,6 +129,16 @@ def test_a_two_node_job_asks_one_task_and_its_gpus_per_node(tmp_path):
                                       "partition": "", "workdir": "."})
     assert "--nodes=2" in submit and "--ntasks=2" in submit and "--gpus-per-node=8" in submit
     assert "--gpus=" not in submit                                          # not 16 GPUs split any which way
+    # and a one-node GPU job of the shipped overlay: --nodes=1 beside its --gpus=8
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    one = dry_run_jobs(dry_run(tmp_path, "slurm", EXPERIMENTS / "llama2-7b.yaml").stdout)
+    [ppo, *_] = [j["resources"] for j in one if j["rule"] == "ppo"]
+    job = SimpleNamespace(threads=8, resources=Resources(nodes=int(ppo["nodes"]), gpu=int(ppo["gpu"]),
+                                                         mem_mb=int(ppo["mem_mb"]), runtime=int(ppo["runtime"])))
+    submit = get_submit_command(job, {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c", "account": "",
+                                      "partition": "", "workdir": "."}) + set_gres_string(job)
+    assert "--nodes=1" in submit and "--gpus=8" in submit and "-t 245" in submit
 
 
 def test_profiles_ask_for_the_preemption_signal_and_a_global_request_budget():
