@@ -176,3 +176,13 @@ def test_judges_that_load_a_model_go_to_the_cluster_by_default(tmp_path):
     reward = tmp_path / "reward-judge.yaml"
     reward.write_text("benchmarks:\n  mt_bench: {judge: reward}\n")
     assert local_rules(tmp_path, EXPERIMENTS / "llama2-7b.yaml", reward) == {"fetch_benchmark"}
+
+
+def test_a_landscape_on_hub_data_is_refused_before_any_job(tmp_path):
+    on = tmp_path / "landscape-on.yaml"
+    on.write_text("landscape: {enabled: true}\n")
+    proc = dry_run(tmp_path, "slurm", EXPERIMENTS / "llama2-7b.yaml", on, check=False)
+    assert proc.returncode != 0 and [line for line in (proc.stdout + proc.stderr).splitlines()
+                                     if line.startswith("error:")] == [
+        "error: config: landscape: it scores the gold reward, which only the embedded task has (data.source is hub); "
+        "set landscape: {enabled: false}"]
