@@ -281,19 +281,10 @@ def _check_dpo_and_warm(config: dict) -> Iterator[str]:
                        f"reward/<name> (defined: {_choices([r for r in rewards if not r.startswith('reward_soup/')])})")
 
 
-def _check_landscape(config: dict) -> Iterator[str]:
-    """The landscape scores gold, which only the embedded task has: refused on Hub data before any job runs."""
-    landscape = config.get("landscape")
-    if landscape is not None and landscape.get("enabled", True) and config.get("data", {}).get("source") == "hub":
-        yield ("landscape: it scores the gold reward, which only the embedded task has (data.source is hub); "
-               "set landscape: {enabled: false}")
-
-
 def problems(config: dict, schema: dict, workdir: str | Path = ".") -> list[str]:
     """Every problem of an already schema-validated config, one line each."""
     return [*_check_models(config), *_check_ppo(config, schema), *_check_sft_extra(config, schema),
-            *_check_soups(config), *_check_paths(config, Path(workdir)), *_check_dpo_and_warm(config),
-            *_check_landscape(config)]
+            *_check_soups(config), *_check_paths(config, Path(workdir)), *_check_dpo_and_warm(config)]
 
 
 def check_config(config: dict, schema_file: str | Path, workdir: str | Path = ".") -> None:
