@@ -163,3 +163,16 @@ def test_the_workstation_profile_runs_two_one_gpu_jobs_on_two_gpus(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     given = [(tmp_path / f"results/tiny/logs/sft/seed{s}.log").read_text().splitlines()[0] for s in (1, 2)]
     assert sorted(given) == ["salsa.launch: GPUs 0", "salsa.launch: GPUs 1"], given
+
+
+def test_a_port_another_program_listens_on_is_skipped(tmp_path):
+    import socket
+
+    from salsa import launch
+
+    with socket.socket() as busy:
+        busy.bind(("", launch.PORT_BASE))
+        busy.listen()
+        port = launch.take_port(tmp_path)
+        assert port > launch.PORT_BASE and launch.port_is_free(port)
+        assert not launch.port_is_free(launch.PORT_BASE)
