@@ -1,4 +1,6 @@
 # Path helpers and config lookups shared by the rules. Rules only wire.
+import json
+import math
 import os
 import shlex
 import sys
@@ -6,12 +8,15 @@ import sys
 # Jobs run `python -m salsa.<stage>`: make that the interpreter running Snakemake
 # (e.g. .venv/bin/python) unless a conda env (--sdm conda) is activated on top.
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.getenv("PATH", "")]))
+# The checkout, for the conda environments' post-deploy scripts (envs/*.post-deploy.sh run from a copy in
+# .snakemake/conda/, so they cannot find it themselves).
+os.environ.update(SALSA_REPO=workflow.basedir)
 
 EXPERIMENT = config["experiment"]
 RESULTS = f"results/{EXPERIMENT}"
 THREADS = config.get("threads", 1)
 CLI_EXCLUDED = {"seeds", "extra", "methods", "params", "sweep", "init", "reference", "normalize_policy",
-                "data_subsets", "pair", "checkpoint_every"}  # checkpoint_every: a resource (checkpointing())
+                "data_subsets", "pair", "checkpoint_every", "enabled"}  # checkpoint_every: a resource (checkpointing())
 # Outer replicates (config `replicates: [1, 2]`): replicate r redraws the SFT pair and the reward model,
 # and its models are rep<r>/sft/seed1, rep<r>/soup/uniform, rep<r>/ppo/<method>/seed<N> under results/<exp>/rep<r>/.
 # Without the key there is one replicate and ids carry no prefix. Data and base model are shared.
@@ -61,73 +66,6 @@ TRACKED_STAGES = {"base_model", "sft", "reward_model", "ppo"}
 
 def trackers_resource():
     return ",".join(config.get("report_to", [])) or "none"
-
-
-def resources_for(stage, key, default=None):
-    table = config.get("resources", {})
-    value = table.get(stage, {}).get(key, table.get("default", {}).get(key))
-    return default if value is None else value
-
-
-# Stages whose loops shard batches over processes (salsa.training.shard_for_process);
-# evaluation and data preparation run as one process on one device.
-DATA_PARALLEL = {"base_model": "base", "sft": "sft", "reward_model": "reward", "ppo": "ppo", "dpo": "dpo"}
-SINGLE_PROCESS = {"evaluate": "evaluate", "prepare_data": "data", "dpo_reference": "dpo_reference"}
-
-
-def checkpointing(stage):
-    """The stage's checkpoint interval, passed as a resource: params are a rerun trigger, resources are not."""
-    block = config.get(stage, {}).get("params", {}) if stage in ("ppo", "dpo") else config.get(stage, {})
-    return int(block.get("checkpoint_every", 0))
-
-
-def launcher(stage, salsa_module=None):
-    """`exec python -m salsa.<module>`, or `exec accelerate launch` over N processes when the stage asks for
-    N > 1 GPUs. `exec`: the stage replaces the job's shell, so killing the job kills the stage."""
-    salsa_module = salsa_module or DATA_PARALLEL.get(stage) or SINGLE_PROCESS[stage]
-    # flags read from resources (no rerun trigger): checkpoint interval, trackers; a tracked run is
-    # named by its output's path below results/<experiment>/
-    resource_flags = " --checkpoint-every {resources.checkpoint_every}" if stage in DATA_PARALLEL else ""
-    if stage in TRACKED_STAGES:
-        resource_flags += f" --report-to {{resources.report_to}} --tracking-dir {shlex.quote(result('tracking'))}"
-    gpus = int(resources_for(stage, "gpus", 0))
-    if gpus <= 1:
-        return f"exec python -m salsa.{salsa_module}{resource_flags}"
-    if stage not in DATA_PARALLEL:
-        raise ValueError(f"resources.{stage}.gpus: {stage} runs in one process; use gpus 0 or 1")
-    name = resources_for(stage, "accelerate_config", "ddp")
-    path = name if name.endswith(".yaml") else os.path.join(workflow.basedir, "config", "accelerate", f"{name}.yaml")
-    command = shlex.join(["accelerate", "launch", "--config_file", path, "--num_processes", str(gpus),
-                          "-m", f"salsa.{salsa_module}"])
-    return f"exec {command}{resource_flags}"
-
-
-def stage_resources(stage):
-    """A rule's resources: memory, time, GPUs (`gpu`, which the SLURM plugin turns into --gpus) and SLURM extras.
-
-    Each key comes from resources.<stage>, then, for a stage that asks for no GPU, resources.cpu
-    (e.g. a CPU partition), then resources.default; keys set nowhere are left to the profile.
-    """
-    gpus = int(resources_for(stage, "gpus", 0))
-    cpu_block = config.get("resources", {}).get("cpu", {}) if gpus == 0 else {}
-
-    def lookup(key):
-        own = config.get("resources", {}).get(stage, {}).get(key)
-        return own if own is not None else cpu_block.get(key, resources_for(stage, key))
-
-    table = {"mem_mb": lookup("mem_mb"), "runtime": lookup("runtime"), "gpu": gpus}
-    for key in ("slurm_partition", "slurm_account", "gpu_model", "slurm_extra", "cpus_per_task"):
-        table[key] = lookup(key)
-    if stage in DATA_PARALLEL:
-        table["checkpoint_every"] = checkpointing(stage)
-    if stage in TRACKED_STAGES:
-        table["report_to"] = trackers_resource()
-    return {k: v for k, v in table.items() if v is not None}
-
-
-def conda_env(stage):
-    """GPU jobs get the CUDA environment (envs/salsa-gpu.yaml) under --sdm conda."""
-    return "../envs/salsa-gpu.yaml" if int(resources_for(stage, "gpus", 0)) > 0 else "../envs/salsa.yaml"
 
 
 # --- models ------------------------------------------------------------------
@@ -351,9 +289,15 @@ def landscape_pair():
     return config.get("landscape", {}).get("pair") or [f"sft/seed{s}" for s in config["sft"]["seeds"][:2]]
 
 
+def landscape_enabled():
+    """`landscape: {enabled: false}` switches the stage off (an overlay cannot delete the embedded default's block)."""
+    block = config.get("landscape")
+    return block is not None and block.get("enabled", True) and len(landscape_pair()) == 2
+
+
 def summary_outputs():
     outputs = [result("tables", "summary.md")]
-    if "landscape" in config and len(landscape_pair()) == 2:
+    if landscape_enabled():
         outputs.append(result("landscape"))
     return outputs
 
