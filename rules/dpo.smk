@@ -5,6 +5,7 @@ rule dpo_reference:
         data=result("data"),
         model=lambda w: model_dir(w.ref),
         src=src("dpo_reference", "modeling", "reward"),
+        preflight=judge_preflight_gate("dpo_reference"),
     output:
         directory(result("dpo_ref", "{ref}")),
     wildcard_constraints:
@@ -33,6 +34,7 @@ rule dpo:
         reference=lambda w: model_dir(DPO_METHODS[w.method]["reference"]),
         reference_logprobs=lambda w: result("dpo_ref", DPO_METHODS[w.method]["reference"]),
         src=src("dpo", "dpo_reference", "training", "modeling", "reward", "ppo"),
+        preflight=judge_preflight_gate("dpo"),
     output:
         directory(result("dpo", "{method}", "seed{seed}")),
     params:

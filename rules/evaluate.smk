@@ -6,6 +6,7 @@ rule evaluate:
         reward=lambda w: reward_dir(rep=split_replicate(w.model)[0]),
         data=result("data"),
         src=src("evaluate", "modeling", "generation"),
+        preflight=judge_preflight_gate("evaluate"),
     output:
         directory(result("eval", "{model}")),
     params:
@@ -27,8 +28,32 @@ rule evaluate:
         " --threads {threads} {params.args} > {log} 2>&1"
 
 
-# Downloads run where Snakemake runs (a cluster's login node has the network its compute nodes may lack).
+# Downloads run where Snakemake runs (a cluster's login node has the network its compute nodes may lack); so do
+# API judges and their preflight, unless resources.bench_judge.local is false (the preflight follows the judges).
 localrules: fetch_benchmark
+
+
+if judge_runs_locally():
+
+    localrules: evaluate_judge, judge_preflight
+
+
+rule judge_preflight:
+    input:
+        src=src("judges.preflight", "judges.openai_judge"),
+    output:
+        result("judge_preflight", "ok.json"),
+    params:
+        plan=shlex.quote(json.dumps(judge_preflight_plan(), sort_keys=True)),
+    log:
+        result("logs", "judge_preflight.log"),
+    resources:
+        **stage_resources("bench_fetch"),
+    conda:
+        "../envs/salsa.yaml"
+    shell:
+        "python -m salsa.judges.preflight --plan {params.plan} --out {output} > {log} 2>&1"
+        " || {{ cat {log} >&2; exit 1; }}"
 
 
 rule fetch_benchmark:
@@ -59,6 +84,7 @@ rule evaluate_answers:
         data=lambda w: benchmark_data(w.benchmark),
         src=src("benchmarks.answer", "benchmarks.answer_generation", "benchmarks.chat_generation", "benchmarks.data",
                 "benchmarks.files", "benchmarks.answer_formats"),
+        preflight=judge_preflight_gate(bench_stage("bench_answer", "evaluate")),
     output:
         result("bench", "{benchmark}", "{model}", "answers.jsonl"),
     params:
@@ -100,6 +126,8 @@ rule evaluate_judge:
                                if benchmark_setting(w.benchmark, "judge") == "reward" else ""),
         args=lambda w: cli(benchmark_setting(w.benchmark, "judging", {})),
         seed=config.get("evaluate", {}).get("seed", 0),
+        # requests in flight: the job's share of the global api_requests budget (Snakemake may lower it)
+        concurrency=lambda w, resources: f"--concurrency {resources.api_requests}" if api_requests(w.benchmark) else "",
     threads: THREADS
     log:
         result("logs", "bench", "{benchmark}", "{model}", "judge.log"),
@@ -107,9 +135,10 @@ rule evaluate_judge:
         result("benchmarks", "bench", "{benchmark}", "{model}", "judge.tsv")
     resources:
         **stage_resources("bench_judge"),
+        api_requests=lambda w: api_requests(w.benchmark),
     conda:
         conda_env("bench_judge")
     shell:
         "exec python -m salsa.benchmarks.judge --answers {input.answers} --benchmark {wildcards.benchmark}"
         " --judge {params.judge} --data-dir {input.data} --out {output} --seed {params.seed}"
-        " --threads {threads} {params.baseline} {params.judge_model} {params.args} > {log} 2>&1"
+        " --threads {threads} {params.baseline} {params.judge_model} {params.args} {params.concurrency} > {log} 2>&1"

@@ -4,6 +4,7 @@ rule landscape:
         reward=[reward_dir(rep=r) for r in replicate_numbers()],
         data=result("data"),
         src=src("landscape", "soup", "evaluate", "modeling", "generation"),
+        preflight=judge_preflight_gate("evaluate"),
     output:
         directory(result("landscape")),
     params:
@@ -19,5 +20,5 @@ rule landscape:
     conda:
         conda_env("evaluate")
     shell:
-        "exec python -m salsa.landscape --ingredients {input.ingredients} --reward-models {input.reward}"
+        launcher("evaluate", "landscape") + " --ingredients {input.ingredients} --reward-models {input.reward}"
         " --labels {params.labels} --data {input.data} --out {output} --threads {threads} {params.args} > {log} 2>&1"

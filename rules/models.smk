@@ -2,6 +2,7 @@ rule base_model:
     input:
         data=result("data"),
         src=src("base", "sft", "training", "modeling"),
+        preflight=judge_preflight_gate("base_model"),
     output:
         directory(result("base_model")),
     params:
@@ -25,6 +26,7 @@ rule sft:
         data=result("data"),
         base=result("base_model"),
         src=src("sft", "training", "modeling"),
+        preflight=judge_preflight_gate("sft"),
     output:
         directory(result("{rp}sft", "{sft}")),
     params:

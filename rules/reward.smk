@@ -6,6 +6,7 @@ rule reward_model:
                                                                            config["reward_model"]["init"]),
                                                 wildcard_replicate(w.rp))),
         src=src("reward", "training", "modeling", "generation"),
+        preflight=judge_preflight_gate("reward_model"),
     output:
         directory(result("{rp}reward_model")),
     params:

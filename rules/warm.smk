@@ -7,6 +7,7 @@ use rule reward_model as reward_replica with:
         init=lambda w: model_dir(reward_settings(w.name)["init"]),
         policy=lambda w: model_dir(reward_settings(w.name).get("normalize_policy", reward_settings(w.name)["init"])),
         src=src("reward", "training", "modeling", "generation"),
+        preflight=judge_preflight_gate("reward_model"),
     output:
         directory(result("reward", "{name}")),
     wildcard_constraints:
@@ -27,6 +28,7 @@ rule reward_soup:
         data=result("data"),
         policy=model_dir(config["reward_model"].get("normalize_policy", config["reward_model"]["init"])),
         src=src("reward_soup", "soup", "reward", "modeling", "generation"),
+        preflight=judge_preflight_gate("reward_model"),
     output:
         directory(result("reward_soup", "{soup}")),
     params:

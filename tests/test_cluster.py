@@ -122,8 +122,12 @@ def test_dry_run_under_each_profile(name, profile, tmp_path):
         assert f"gpu={gpus}" in resources, (rule, resources)
         if gpus > 1:
             accelerate = config["resources"][stage]["accelerate_config"]
-            assert shell.startswith("exec accelerate launch --config_file") and f"{accelerate}.yaml" in shell
-            assert f"--num_processes {gpus} -m salsa." in shell
+            # salsa.launch starts `accelerate launch` over gpus processes; the config path is relative to the
+            # working directory, so a moved checkout changes no job command
+            path = re.search(r"--accelerate-config (\S+)", shell).group(1)
+            assert shell.startswith(f"exec python -m salsa.launch --gpus {gpus} --accelerate-config"), shell
+            assert not path.startswith("/") and (tmp_path / path).resolve() == (
+                REPO / "config" / "accelerate" / f"{accelerate}.yaml").resolve(), path
         else:
             assert shell.startswith("exec python -m salsa."), shell
         # the dry run shows the threads a job gets (not the one core a dry run counts by default)

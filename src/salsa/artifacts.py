@@ -243,10 +243,14 @@ def set_threads(threads: int | None) -> None:
 
 
 def run_main(main_fn, argv: list[str] | None = None) -> int:
-    """Run a stage's main, turning StageError into a one-line message and exit 1."""
+    """Run a stage's main, turning StageError into a one-line message and exit 1 (recorded for salsa.launch)."""
     try:
         main_fn(argv)
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
+        marker = os.environ.get("SALSA_STAGE_ERROR_FILE")
+        if marker:   # salsa.launch: a retry of this job fails at once with the same line instead of rerunning
+            with contextlib.suppress(OSError):
+                Path(marker).write_text(f"error: {err}\n")
         return 1
     return 0

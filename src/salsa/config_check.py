@@ -26,6 +26,24 @@ LOCAL_SUFFIXES = (".gguf", ".json", ".jsonl", ".parquet", ".arrow", ".safetensor
                   ".csv", ".txt")
 
 
+# OpenAI judge models that no longer answer (OpenAI's deprecations page, read 2026-12-01): model -> shutdown date.
+# The paper's and the leaderboards' judges are among them: scores from any other judge are not comparable.
+RETIRED_JUDGES = {
+    "gpt-4-0314": "2026-03-26", "gpt-4-1106-preview": "2026-03-26", "gpt-4-0125-preview": "2026-03-26",
+    "gpt-4-turbo-preview": "2026-03-26", "gpt-4-0613": "2026-10-23", "gpt-4": "2026-10-23",
+    "gpt-3.5-turbo": "2026-10-23", "gpt-3.5-turbo-0125": "2026-10-23",
+}
+CURRENT_JUDGE = "gpt-4.1-2025-04-14"   # arena-hard-auto v2.0's GPT judge (config/arena-hard-v2.0.yaml)
+
+
+def retired_judge_message(where: str, model: str) -> str | None:
+    """One line for an OpenAI judge model that OpenAI has shut down, else None."""
+    if model not in RETIRED_JUDGES:
+        return None
+    return (f"{where}: {model} was shut down by OpenAI on {RETIRED_JUDGES[model]} and answers every request with "
+            f"HTTP 404; use a current model (e.g. {CURRENT_JUDGE}, docs/judging.md) or your own endpoint (base_url)")
+
+
 class ConfigError(Exception):
     """One or more config problems, one per line."""
 
@@ -116,6 +134,11 @@ def _check_models(config: dict) -> Iterator[str]:
     dpo_runs = [f"dpo/{m}/seed{s}" for m in ppo_methods({"ppo": config.get("dpo") or {}})
                 for s in (config.get("dpo") or {}).get("seeds", [])]
     for name, spec in (config.get("benchmarks") or {}).items():
+        judging = spec.get("judging") or {}
+        if spec.get("enabled", True) and spec.get("judge") == "openai" and not judging.get("base_url"):
+            retired = retired_judge_message(f"benchmarks.{name}.judging.judge_model", judging.get("judge_model", ""))
+            if retired:
+                yield retired
         if spec.get("enabled", True):
             yield from refs(f"benchmarks.{name}.baseline", spec.get("baseline"), evaluated)
             for i, model in enumerate(spec.get("models") or []):
