@@ -38,6 +38,7 @@ OVERLAYS = {   # rehearsal -> the overlays it stacks, as their headers say to ru
 FAMILY = {"llama2-7b": ("llama", "<|assistant|>"), "mistral-7b": ("mistral", "<|assistant|>"),
           "gemma-2b": ("gemma", "<start_of_turn>")}
 TIMEOUT_S = 1200
+PROCESSES = 2   # what the overrides give a stage that asks for a node's GPUs
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -77,8 +78,10 @@ def process_override(name: str, workdir: Path) -> list[Path]:
     return [path] if stages else []
 
 
-def environment(fixture: dict, judge_url: str | None) -> dict:
+def environment(fixture: dict, judge_url: str | None, workdir: Path) -> dict:
+    # SALSA_GPU_COUNT: the CPU lends salsa.launch 2 slots (the override's process count); own slot locks
     env = {**os.environ, "HF_HOME": str(fixture["hf_home"]), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "SALSA_GPU_COUNT": str(PROCESSES), "SALSA_SLOT_DIR": str(workdir / ".salsa-slots"),
            "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(fixture["python"]), os.environ.get("PYTHONPATH")])),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -91,7 +94,7 @@ def environment(fixture: dict, judge_url: str | None) -> dict:
 def run_snakemake(name: str, workdir: Path, env: dict, *targets: str) -> tuple[float, str]:
     files = [*configfiles(name), *process_override(name, workdir)]
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
-               "--configfile", *map(str, files), "--show-failed-logs", *targets]
+               "--resources", f"gpu={PROCESSES}", "--configfile", *map(str, files), "--show-failed-logs", *targets]
     start = time.monotonic()
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
     seconds = time.monotonic() - start
@@ -136,7 +139,7 @@ def test_rehearsal(name, rehearsal_fixture, workdirs, tmp_path_factory, capsys):
     results = workdir / "results" / config["experiment"]
     api_judged = any(s.get("judge") == "openai" for s in benchmarks.values())
     with JudgeServer(str(fixture["judge_model"])) if api_judged else _nothing() as server:
-        env = environment(fixture, server.base_url if server else None)
+        env = environment(fixture, server.base_url if server else None, workdir)
         if name == "smollm2-bench":   # its local judge is the model smollm2-gold's base_model stage writes
             run_snakemake("smollm2-gold", workdir, env, str(results.relative_to(workdir) / "base_model"))
         seconds, log = run_snakemake(name, workdir, env)
