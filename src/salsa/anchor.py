@@ -14,7 +14,7 @@ import copy
 
 import torch
 
-from salsa import artifacts
+from salsa import artifacts, distributed
 from salsa.modeling import response_logprobs
 
 ANCHORS = ("none", "ema", "sync")
@@ -75,7 +75,7 @@ class MovingAnchor:
             with self.accelerator.autocast():
                 initial[rows] = response_logprobs(self.initial, ids[rows], mask[rows], query_length, temperature)
         kl = ((logprobs - initial) * response_mask).sum(1)
-        return {"kl_initial_ref": self.accelerator.gather(kl.float()).mean().item()}
+        return {"kl_initial_ref": distributed.gather(kl.float()).mean().item()}
 
     def checkpoint_files(self) -> dict:
         return {ANCHOR_FILE: self.model.state_dict()} if self.active else {}

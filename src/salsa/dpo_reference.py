@@ -12,6 +12,7 @@ ids, so a DPO run refuses a cache built from other data or another tokenizer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from salsa import artifacts
+from salsa import artifacts, distributed
 from salsa.args import arg, parse
-from salsa.modeling import disable_dropout, load_causal_lm, load_tokenizer, response_logprobs
+from salsa.modeling import (default_device, disable_dropout, load_causal_lm, load_tokenizer, mixed_precision_mode,
+                            response_logprobs, torch_dtype)
 
 LOGPROBS_FILE = "logprobs.safetensors"
 SPLITS = ("prefs_train", "prefs_eval")
@@ -35,7 +37,11 @@ class DPOReferenceConfig:
     data: str = arg(help="prepared data directory with prefs_train/ and prefs_eval/")
     out: str = arg(help="output directory: logprobs.safetensors, salsa_meta.json")
     batch_size: int = arg(64, help="pairs per forward pass")
-    dtype: str = arg("float32", help="weights dtype")
+    dtype: str = arg("float32", help="dtype the reference is loaded in (the DPO stage's dtype)")
+    mixed_precision: str = arg("no", help="autocast of the DPO policy (the DPO stage's mixed_precision); "
+                                          "the reference runs under the same one")
+    weights_dtype: str = arg("float32", help="dtype the reference computes in: a fully trained DPO policy keeps "
+                                             "fp32 weights (float32); a LoRA policy or DeepSpeed's keeps `dtype`")
     threads: int = arg(0, help="torch CPU threads (0 = torch default)")
 
 
@@ -91,12 +97,14 @@ def sequence_logprobs(model, ids, mask, response_mask, query_length) -> tuple[to
 
 
 @torch.no_grad()
-def all_logprobs(model, pairs: EncodedPairs, pad_id: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def all_logprobs(model, pairs: EncodedPairs, pad_id: int, batch_size: int,
+                 autocast=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
     chosen, rejected = [], []
     for start in range(0, len(pairs), batch_size):
         ids, mask, response_mask, q_len = pair_batch(pairs, range(start, min(start + batch_size, len(pairs))), pad_id)
-        c, r = sequence_logprobs(model, ids.to(model.device), mask.to(model.device),
-                                 response_mask.to(model.device), q_len)
+        with autocast():
+            c, r = sequence_logprobs(model, ids.to(model.device), mask.to(model.device),
+                                     response_mask.to(model.device), q_len)
         chosen.append(c.float().cpu())
         rejected.append(r.float().cpu())
     return torch.cat(chosen), torch.cat(rejected)
@@ -108,8 +116,16 @@ def load_split(tokenizer, data: str, split: str) -> EncodedPairs:
     return encode_preference_pairs(tokenizer, load_pairs(f"{data}/{split}"))
 
 
-def read_cache(directory: str, expected: dict[str, str]) -> dict[str, torch.Tensor]:
-    """The cached log-probs, after checking they were built from the same tokens (``expected``: split -> hash)."""
+def precision(weights_dtype: str, autocast: str) -> dict:
+    """How the reference's log-probs were computed: they must be the policy's own, or the initial DPO
+    margin is not 0 (bf16 weights against an fp32 policy give a spurious preference)."""
+    return {"weights_dtype": weights_dtype, "autocast": autocast}
+
+
+def read_cache(directory: str, expected: dict[str, str], reference: str | None = None,
+               expected_precision: dict | None = None) -> dict[str, torch.Tensor]:
+    """The cached log-probs, after checking they were built from the same tokens (``expected``: split -> hash),
+    from the ``reference`` model (its salsa_meta.json digest) and at ``expected_precision``."""
     from safetensors.torch import load_file
 
     path = Path(directory) / LOGPROBS_FILE
@@ -120,7 +136,23 @@ def read_cache(directory: str, expected: dict[str, str]) -> dict[str, torch.Tens
         if meta.get("fingerprints", {}).get(split) != fingerprint:
             raise artifacts.StageError(f"{path}: built from other {split} tokens than this run's data "
                                        f"({meta.get('fingerprints', {}).get(split)} vs {fingerprint})")
+    if reference is not None and meta.get("reference_identity") != input_identity(reference):
+        raise artifacts.StageError(f"{path}: computed with {meta.get('reference')!r}, not with the reference "
+                                   f"{reference!r} (identity {meta.get('reference_identity')} vs "
+                                   f"{input_identity(reference)})")
+    if expected_precision is not None and meta.get("precision") != expected_precision:
+        raise artifacts.StageError(f"{path}: computed at {meta.get('precision')}, but this policy trains at "
+                                   f"{expected_precision}; rerun dpo_reference with --weights-dtype "
+                                   f"{expected_precision['weights_dtype']} --mixed-precision "
+                                   f"{expected_precision['autocast']}")
     return load_file(str(path))
+
+
+def input_identity(model: str) -> str:
+    """A model's identity: its artifact's salsa_meta.json digest, or the Hub id itself."""
+    from salsa.training import input_identity as identity
+
+    return identity(model) if Path(model).exists() else model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,22 +160,36 @@ def main(argv: list[str] | None = None) -> None:
 
     config = parse(DPOReferenceConfig, argv)
     artifacts.set_threads(config.threads)
+    autocast_mode = mixed_precision_mode(config.dtype, config.mixed_precision)
+    device = default_device()
     tokenizer = load_tokenizer(config.model)
     model = load_causal_lm(config.model, config.dtype)
     disable_dropout(model)
-    model.eval()
+    model = distributed.frozen(model, device, torch_dtype(config.weights_dtype))
+    autocast = autocast_context(device, autocast_mode)
     tensors, fingerprints = {}, {}
     for split in SPLITS:
         pairs = load_split(tokenizer, config.data, split)
         fingerprints[split] = pairs.fingerprint()
         tensors[f"{split}/chosen"], tensors[f"{split}/rejected"] = all_logprobs(
-            model, pairs, tokenizer.pad_token_id, config.batch_size)
+            model, pairs, tokenizer.pad_token_id, config.batch_size, autocast)
     with artifacts.atomic_dir(config.out) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / LOGPROBS_FILE))
         artifacts.write_metadata(tmp, "dpo_reference", config, None,
-                                 extra={"fingerprints": fingerprints, "reference": config.model})
+                                 extra={"fingerprints": fingerprints, "reference": config.model,
+                                        "reference_identity": input_identity(config.model),
+                                        "precision": precision(config.weights_dtype, autocast_mode)})
     counts = ", ".join(f"{s} {len(tensors[f'{s}/chosen'])}" for s in SPLITS)
-    print(f"dpo_reference: log-probs of {counts} pairs under {config.model} -> {config.out}")
+    print(f"dpo_reference: log-probs of {counts} pairs under {config.model} ({config.weights_dtype} weights, "
+          f"autocast {autocast_mode}) on {device} -> {config.out}")
+
+
+def autocast_context(device: torch.device, mode: str):
+    """The autocast accelerate applies for ``mode`` (no, bf16, fp16), as a context factory."""
+    if mode == "no":
+        return contextlib.nullcontext
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 if __name__ == "__main__":

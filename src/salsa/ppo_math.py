@@ -19,11 +19,17 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Normalise to unit variance over the valid positions (N implementation details: advantage whitening)."""
-    mean = masked_mean(x, mask)
-    variance = masked_mean((x - mean) ** 2, mask)
-    count = mask.sum()
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, all_sum=None) -> torch.Tensor:
+    """Normalise to unit variance over the valid positions (N implementation details: advantage whitening).
+
+    ``all_sum``: sums a tensor over processes, so mean and variance are those of the whole batch of every
+    process (as OpenRLHF does), not of each process's slice; None = this process alone.
+    """
+    total = all_sum or (lambda t: t)
+    mask = mask.to(x.dtype)
+    count = total(mask.sum())
+    mean = total((x * mask).sum()) / count.clamp(min=1)
+    variance = total(((x - mean) ** 2 * mask).sum()) / count.clamp(min=1)
     if count > 1:  # unbiased, as in the reference implementation
         variance = variance * count / (count - 1)
     whitened = (x - mean) * torch.rsqrt(variance + 1e-8)

@@ -17,18 +17,17 @@ import time
 import torch
 import torch.nn.functional as F
 
-from salsa import artifacts, training
+from salsa import artifacts, distributed, training
 from salsa.args import arg, parse
 from salsa.generation import encode_prompts, left_pad, sample
 from salsa.modeling import (check_same_tokenizer, disable_dropout, keep_trainable_in_fp32, load_causal_lm,
-                            load_reward_model, load_tokenizer, mixed_precision_mode, save_model, sequence_scores,
-                            torch_dtype)
+                            load_reward_model, load_tokenizer, save_model, sequence_scores, torch_dtype)
 
 NORMALIZATION_FILE = "reward_normalization.json"
 
 
 @dataclasses.dataclass
-class RewardConfig:
+class RewardConfig(training.TrainingConfig):
     """Train a Bradley-Terry reward model and normalise it against a policy's samples."""
 
     model: str = arg(help="initialisation: an SFT model or the base (a causal-LM directory or Hub id)")
@@ -37,8 +36,7 @@ class RewardConfig:
     normalize_policy: str = arg("", help="policy whose samples define mean 0 / std 1 (empty: skip, gain 1 bias 0)")
     seed: int = arg(0, help="data order and score-head init")
     steps: int = arg(300, help="optimiser steps")
-    batch_size: int = arg(32, help="preference pairs per step")
-    lr: float = arg(1e-3, help="peak learning rate")
+    batch_size: int = arg(32, help="preference pairs per optimiser step, over all processes")
     warmup_steps: int = arg(20, help="linear warm-up steps, then linear decay to zero")
     margin_column: str = arg("", help="dataset column with a per-pair margin (empty: no margin)")
     margin_scale: float = arg(1.0, help="multiplier on the margin column")
@@ -46,17 +44,10 @@ class RewardConfig:
     normalize_samples: int = arg(256, help="policy samples used for the normalisation")
     max_new_tokens: int = arg(16, help="response length of normalisation samples")
     temperature: float = arg(1.0, help="sampling temperature of normalisation samples (match PPO's)")
-    dtype: str = arg("float32", help="weights dtype")
-    mixed_precision: str = arg("no", help="accelerate mixed precision: no, bf16 or fp16")
-    checkpoint_every: int = arg(0, help="save a resumable checkpoint every N steps (0 = never)")
-    threads: int = arg(0, help="torch CPU threads (0 = torch default)")
-    report_to: list[str] = arg([], help="experiment trackers: tensorboard, wandb (none by default)")
-    tracking_dir: str = arg("", help="tracking logs root (default: <out>.tracking next to the output)")
-    run_name: str = arg("", help="tracker run name (default: the output's path below --tracking-dir's parent, else its name)")
 
 
-def encode_pairs(tokenizer, prompts: list[str], responses: list[str]):
-    """Generation prompt + response tokens + EOS, padded into one batch.
+def pair_tokens(tokenizer, prompts: list[str], responses: list[str]) -> list[list[int]]:
+    """Generation prompt + response tokens + EOS of each pair, unpadded.
 
     Built the way PPO's rollouts are (not from the full chat template, which may add
     text after EOS), so the reward model is trained on the very token it is read at.
@@ -67,12 +58,21 @@ def encode_pairs(tokenizer, prompts: list[str], responses: list[str]):
                                               add_generation_prompt=True)
         ids.append(tokenizer(query, add_special_tokens=False)["input_ids"]
                    + tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
-    return left_pad(ids, tokenizer.pad_token_id)
+    return ids
+
+
+def encode_pairs(tokenizer, prompts: list[str], responses: list[str]):
+    """``pair_tokens`` left-padded into one batch."""
+    return left_pad(pair_tokens(tokenizer, prompts, responses), tokenizer.pad_token_id)
+
+
+def bradley_terry_losses(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None):
+    """Per-pair -log sigmoid(r(chosen) - r(rejected) - margin)."""
+    return -F.logsigmoid(chosen - rejected - (margin if margin is not None else 0.0))
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None):
-    diff = chosen - rejected - (margin if margin is not None else 0.0)
-    return -F.logsigmoid(diff).mean()
+    return bradley_terry_losses(chosen, rejected, margin).mean()
 
 
 def load_pairs(path: str, margin_column: str = "", max_examples: int = 0) -> dict[str, list]:
@@ -116,16 +116,17 @@ class SequenceScorer(torch.nn.Module):
 
 
 @torch.no_grad()
-def normalization_stats(reward_model, tokenizer, policy_path: str, prompts: list[str], config: RewardConfig,
+def normalization_stats(reward_model, tokenizer, policy_path: str, prompts: list[str], config,
                         autocast=contextlib.nullcontext) -> dict:
     """``autocast``: the context PPO samples and scores its rollouts under (the stage's mixed precision)."""
-    policy = load_causal_lm(policy_path, config.dtype).to(reward_model.device)
+    device = reward_model.device
+    with distributed.whole_models():  # frozen and unprepared: never partitioned by a ZeRO-3 config
+        policy = distributed.frozen(load_causal_lm(policy_path, config.dtype), device)
     disable_dropout(policy)
-    policy.eval()
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)  # on the device: no per-token copies
     scores = []
     for i in range(0, len(prompts), 128):  # scored on the sampled ids, exactly as PPO scores them
-        ids, mask = encode_prompts(tokenizer, prompts[i:i + 128], reward_model.device)
+        ids, mask = encode_prompts(tokenizer, prompts[i:i + 128], device)
         with autocast():
             rollout = sample(policy, ids, mask, max_new_tokens=config.max_new_tokens,
                              eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
@@ -134,6 +135,60 @@ def normalization_stats(reward_model, tokenizer, policy_path: str, prompts: list
     scores = torch.cat(scores)
     return {"mean": scores.mean().item(), "std": max(scores.std().item(), 1e-6), "samples": len(scores),
             "policy": policy_path, "temperature": config.temperature}
+
+
+def pair_batch(chosen: list[list[int]], rejected: list[list[int]], pad_id: int, device):
+    """Chosen rows then rejected rows, left-padded to this batch's own longest sequence."""
+    ids, mask = left_pad(chosen + rejected, pad_id)
+    return ids.to(device), mask.to(device)
+
+
+def train(config: RewardConfig, model, tokenizer, train_pairs: dict) -> tuple:
+    """The Bradley-Terry loop; returns (accelerator, prepared model, losses, gathered state dict or None)."""
+    accelerator = training.make_accelerator(config)
+    batching = distributed.Batching.of(config.batch_size, config.micro_batch_size, distributed.world_size())
+    distributed.configure_batching(accelerator, batching, config.max_grad_norm)
+    chosen = pair_tokens(tokenizer, train_pairs["prompt"], train_pairs["chosen"])
+    rejected = pair_tokens(tokenizer, train_pairs["prompt"], train_pairs["rejected"])
+    margins = (torch.tensor(train_pairs[config.margin_column], dtype=torch.float) * config.margin_scale
+               if config.margin_column else torch.zeros(len(chosen)))
+    if config.gradient_checkpointing:
+        training.enable_gradient_checkpointing(model)
+    keep_trainable_in_fp32(model, accelerator)
+    optimizer = training.adamw(model, config.lr, config.weight_decay)
+    scheduler = training.linear_schedule(optimizer, config.steps, config.warmup_steps)
+    model, optimizer, scheduler = accelerator.prepare(SequenceScorer(model), optimizer, scheduler)
+    start = training.try_resume(accelerator, config.out, config)
+    batches = training.batch_indices(len(chosen), config.batch_size, config.seed, start)
+    bar = training.progress(config.steps, start, "reward_model", disable=not distributed.is_main())
+    losses = training.resume_extra(config.out).get("losses", []) if start else []
+    training.start_tracking(accelerator, config, "reward_model", resumed=start > 0)
+    model.train()
+    for step in range(start, config.steps):
+        mine = distributed.shard(next(batches))
+        summed, correct = 0.0, 0.0
+        for idx in mine.split(batching.micro):
+            # chosen and rejected in one forward pass: same batch statistics, half the calls
+            ids, mask = pair_batch([chosen[i] for i in idx], [rejected[i] for i in idx], tokenizer.pad_token_id,
+                                   accelerator.device)
+            with training.micro_step(accelerator, model):
+                good, bad = model(ids, mask).chunk(2)
+                pair_losses = bradley_terry_losses(good, bad, margins[idx].to(accelerator.device))
+                accelerator.backward(pair_losses.sum() * (training.loss_scale(batching) / config.batch_size))
+            summed += pair_losses.sum().item()
+            correct += (good > bad).float().sum().item()
+        learning_rate = scheduler.get_last_lr()[0]
+        training.finish_step(accelerator, model, optimizer, scheduler, config.max_grad_norm)
+        totals = distributed.all_sum(torch.tensor([summed, correct], dtype=torch.float64)) / config.batch_size
+        training.after_step(accelerator, config, bar, losses, totals[0].item(), step, "reward")
+        training.log_metrics(accelerator, {"loss": losses[-1], "lr": learning_rate,
+                                           "accuracy": totals[1].item()}, step + 1)
+    bar.close()
+    training.end_tracking(accelerator)
+    state_dict = training.full_state_dict(accelerator, model)
+    if state_dict is not None:  # keys of the reward model, not of its SequenceScorer wrapper
+        state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
+    return accelerator, model, losses, state_dict
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,77 +200,43 @@ def main(argv: list[str] | None = None) -> None:
         check_same_tokenizer(tokenizer, config.model, config.normalize_policy)
     train_pairs = load_pairs(f"{config.data}/prefs_train", config.margin_column, config.max_examples)
     eval_pairs = load_pairs(f"{config.data}/prefs_eval")
+    normalize_prompts = []
     if config.normalize_policy:  # read now: a bad split should not surface after training
         normalize_prompts = list(artifacts.load_split(f"{config.data}/ppo_prompts", ("prompt",))["prompt"])
     model = load_reward_model(config.model, config.dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
-
-    accelerator = training.make_accelerator(mixed_precision_mode(config.dtype, config.mixed_precision), config.seed,
-                                            training.experiment_trackers(config))
-    chosen_ids, chosen_mask = encode_pairs(tokenizer, train_pairs["prompt"], train_pairs["chosen"])
-    rejected_ids, rejected_mask = encode_pairs(tokenizer, train_pairs["prompt"], train_pairs["rejected"])
-    margins = (torch.tensor(train_pairs[config.margin_column], dtype=torch.float) * config.margin_scale
-               if config.margin_column else torch.zeros(len(chosen_ids)))
-    keep_trainable_in_fp32(model, accelerator)
-    optimizer = training.adamw(model, config.lr)
-    scheduler = training.linear_schedule(optimizer, config.steps, config.warmup_steps)
-    model, optimizer, scheduler = accelerator.prepare(SequenceScorer(model), optimizer, scheduler)
-    start = training.try_resume(accelerator, config.out, config)
-    batches = training.batch_indices(len(chosen_ids), config.batch_size, config.seed, start)
-    bar = training.progress(config.steps, start, "reward_model", disable=not accelerator.is_main_process)
     started = time.time()
-    losses = training.resume_extra(config.out).get("losses", []) if start else []
-    training.start_tracking(accelerator, config, "reward_model", resumed=start > 0)
-    model.train()
-    for step in range(start, config.steps):
-        idx = training.shard_for_process(next(batches), accelerator)
-        device = accelerator.device
-        # chosen and rejected in one forward pass: same batch statistics, half the calls
-        width = max(chosen_ids.shape[1], rejected_ids.shape[1])
-        ids = torch.cat([_left_pad_to(chosen_ids[idx], width, tokenizer.pad_token_id),
-                         _left_pad_to(rejected_ids[idx], width, tokenizer.pad_token_id)]).to(device)
-        mask = torch.cat([_left_pad_to(chosen_mask[idx], width, 0), _left_pad_to(rejected_mask[idx], width, 0)]).to(device)
-        chosen, rejected = model(ids, mask).chunk(2)
-        loss = bradley_terry_loss(chosen, rejected, margins[idx].to(device))
-        learning_rate = scheduler.get_last_lr()[0]
-        training.optimizer_step(accelerator, model, optimizer, scheduler, loss)
-        training.after_step(accelerator, config, bar, losses, loss.item(), step, "reward")
-        training.log_metrics(accelerator, {"loss": losses[-1], "lr": learning_rate,
-                                           "accuracy": (chosen > rejected).float().mean().item()}, step + 1)
-    bar.close()
-    state_dict = training.full_state_dict(accelerator, model)
-    if state_dict is not None:  # keys of the reward model, not of its SequenceScorer wrapper
-        state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
-    model = accelerator.unwrap_model(model).model
-    model.eval()
-    if torch_dtype(config.dtype) is not None:  # from here on frozen, as PPO loads it: in `dtype`
-        model.to(torch_dtype(config.dtype))
-    report = {"train": evaluate_pairs(model, tokenizer, {k: v[:1000] for k, v in train_pairs.items()}),
-              "eval": evaluate_pairs(model, tokenizer, eval_pairs),
-              "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "seconds": time.time() - started}
-    if config.normalize_policy:
-        prompts = normalize_prompts[:config.normalize_samples]
-        normalization = normalization_stats(model, tokenizer, config.normalize_policy, prompts, config,
-                                            accelerator.autocast)
-    else:
-        normalization = {"mean": 0.0, "std": 1.0, "samples": 0, "policy": None}
-    training.end_tracking(accelerator)
-    if accelerator.is_main_process:
-        with artifacts.atomic_dir(config.out) as tmp:
-            save_model(model, tokenizer, tmp, state_dict)
-            artifacts.write_json(tmp / NORMALIZATION_FILE, normalization)
-            artifacts.write_json(tmp / "reward_eval.json", report)
-            artifacts.write_metadata(tmp, "reward_model", config, config.seed,
-                                     extra={"eval_accuracy": report["eval"]["accuracy"]})
-        training.clear_checkpoints(config.out)
+    accelerator, prepared, losses, state_dict = train(config, model, tokenizer, train_pairs)
+    peak_mb = distributed.all_max(distributed.peak_memory_mb(accelerator.device))
+    trained, processes = accelerator.unwrap_model(prepared).model, distributed.world_size()
+    if state_dict is None and torch_dtype(config.dtype) is not None:
+        trained.to(torch_dtype(config.dtype))  # saved as PPO loads it; ZeRO-3's gathered copy is already 16-bit
+    if not distributed.release_workers():
+        return  # the main process evaluates, normalises and saves the whole model
+    with artifacts.atomic_dir(config.out) as tmp:
+        save_model(trained, tokenizer, tmp, state_dict)
+        # from here on frozen, as PPO loads it: whole, in `dtype`, on this process's device
+        with distributed.whole_models():
+            model = distributed.frozen(load_reward_model(str(tmp), config.dtype), accelerator.device)
+        report = {"train": evaluate_pairs(model, tokenizer, {k: v[:1000] for k, v in train_pairs.items()}),
+                  "eval": evaluate_pairs(model, tokenizer, eval_pairs),
+                  "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "seconds": time.time() - started,
+                  "processes": processes, "peak_memory_mb": peak_mb}
+        if config.normalize_policy:
+            normalization = normalization_stats(model, tokenizer, config.normalize_policy,
+                                                normalize_prompts[:config.normalize_samples], config,
+                                                accelerator.autocast)
+        else:
+            normalization = {"mean": 0.0, "std": 1.0, "samples": 0, "policy": None}
+        artifacts.write_json(tmp / NORMALIZATION_FILE, normalization)
+        artifacts.write_json(tmp / "reward_eval.json", report)
+        artifacts.write_metadata(tmp, "reward_model", config, config.seed,
+                                 extra={"eval_accuracy": report["eval"]["accuracy"]})
+    training.clear_checkpoints(config.out)
     print(f"reward_model: held-out accuracy {report['eval']['accuracy']:.3f} "
           f"(train {report['train']['accuracy']:.3f}), normalisation mean {normalization['mean']:.3f} "
           f"std {normalization['std']:.3f} -> {config.out}")
-
-
-def _left_pad_to(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
-    return F.pad(x, (width - x.shape[1], 0), value=value)
 
 
 def load_normalization(reward_dir: str) -> tuple[float, float]:

@@ -17,11 +17,11 @@ from salsa import artifacts
 from salsa.args import arg, parse
 from salsa.modeling import (keep_trainable_in_fp32, load_causal_lm, load_tokenizer, mixed_precision_mode,
                             save_model)
-from salsa import training
+from salsa import distributed, training
 
 
 @dataclasses.dataclass
-class SFTConfig:
+class SFTConfig(training.TrainingConfig, training.LoraSettings):
     """Supervised fine-tuning of a causal LM on `messages` conversations."""
 
     model: str = arg(help="starting model: a local directory or a Hub id")
@@ -29,10 +29,8 @@ class SFTConfig:
     out: str = arg(help="output model directory")
     seed: int = arg(0, help="data order and LoRA init")
     steps: int = arg(300, help="optimiser steps")
-    batch_size: int = arg(32, help="global batch size (sequences per step)")
-    lr: float = arg(1e-3, help="peak learning rate")
+    batch_size: int = arg(32, help="global batch size (sequences per optimiser step, over all processes)")
     warmup_steps: int = arg(20, help="linear warm-up steps, then linear decay to zero")
-    weight_decay: float = arg(0.0, help="AdamW weight decay")
     max_length: int = arg(64, help="truncate conversations to this many tokens")
     loss_on_prompt: bool = arg(False, help="also train on prompt tokens (pretraining-style)")
     max_examples: int = arg(0, help="use only the first N examples (0 = all)")
@@ -40,18 +38,7 @@ class SFTConfig:
                                        "bootstrap (a resample with replacement)")
     subset_seed: int = arg(0, help="seed of the shuffle (half1/half2) or resample (bootstrap); the two halves "
                                    "of one subset_seed are disjoint")
-    lora_r: int = arg(0, help="LoRA rank; 0 = full fine-tuning")
-    lora_alpha: int = arg(16, help="LoRA alpha")
     lora_dropout: float = arg(0.0, help="LoRA dropout")
-    lora_target_modules: list[str] = arg(["q_proj", "k_proj", "v_proj", "o_proj"], help="modules LoRA adapts")
-    dtype: str = arg("float32", help="weights dtype: float32, bfloat16 or float16")
-    mixed_precision: str = arg("no", help="accelerate mixed precision: no, bf16 or fp16")
-    gradient_checkpointing: bool = arg(False, help="trade compute for activation memory")
-    checkpoint_every: int = arg(0, help="save a resumable checkpoint every N steps (0 = never)")
-    threads: int = arg(0, help="torch CPU threads (0 = torch default)")
-    report_to: list[str] = arg([], help="experiment trackers: tensorboard, wandb (none by default)")
-    tracking_dir: str = arg("", help="tracking logs root (default: <out>.tracking next to the output)")
-    run_name: str = arg("", help="tracker run name (default: the output's path below --tracking-dir's parent, else its name)")
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -107,11 +94,25 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch
 
 
 def lm_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens."""
+    total, count = lm_loss_sum(model, input_ids, attention_mask, labels)
+    return total / max(count, 1)
+
+
+def lm_loss_sum(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, int]:
+    """(summed next-token cross-entropy, number of labelled tokens): micro-batches add up exactly."""
     from salsa.modeling import forward_logits
 
     logits = forward_logits(model, input_ids, attention_mask)[:, :-1].float()
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                             labels[:, 1:].reshape(-1), ignore_index=-100)
+    targets = labels[:, 1:]
+    total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                              ignore_index=-100, reduction="sum")
+    return total, int((targets != -100).sum())
+
+
+def labelled_tokens(rows: list[tuple[list[int], list[int]]]) -> int:
+    """Tokens that carry a loss (a label after the first position)."""
+    return sum(sum(1 for label in labels[1:] if label != -100) for _, labels in rows)
 
 
 def load_conversations(path: str, max_examples: int = 0) -> list[list[dict]]:
@@ -131,18 +132,18 @@ def apply_lora(model, config: SFTConfig):
 
 def train(config: SFTConfig, model, tokenizer, stage: str = "sft") -> dict:
     """The loop shared by `base_model` (from scratch) and `sft` (from a checkpoint)."""
-    accelerator = training.make_accelerator(mixed_precision_mode(config.dtype, config.mixed_precision), config.seed,
-                                            training.experiment_trackers(config))
+    accelerator = training.make_accelerator(config)
+    batching = distributed.Batching.of(config.batch_size, config.micro_batch_size, distributed.world_size())
+    distributed.configure_batching(accelerator, batching, config.max_grad_norm)
     conversations = load_conversations(config.data, config.max_examples)
     conversations = [conversations[i] for i in subset_indices(len(conversations), config.data_subset,
                                                               config.subset_seed)]
-    rows = tokenize_conversations(tokenizer, conversations, config.max_length,
-                                                          config.loss_on_prompt)
+    rows = tokenize_conversations(tokenizer, conversations, config.max_length, config.loss_on_prompt)
     if config.lora_r > 0 and training.shards_weights(accelerator):
         raise artifacts.StageError("lora_r: LoRA is merged on one process; use the ddp accelerate config, "
                                    "not ZeRO-3/FSDP")
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        training.enable_gradient_checkpointing(model)
     if config.lora_r > 0:
         if config.gradient_checkpointing:  # frozen embeddings: checkpointed blocks still need input grads
             model.enable_input_require_grads()
@@ -153,34 +154,47 @@ def train(config: SFTConfig, model, tokenizer, stage: str = "sft") -> dict:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     start = training.try_resume(accelerator, config.out, config)
     batches = training.batch_indices(len(rows), config.batch_size, config.seed, start)
-    bar = training.progress(config.steps, start, stage, disable=not accelerator.is_main_process)
+    bar = training.progress(config.steps, start, stage, disable=not distributed.is_main())
     training.start_tracking(accelerator, config, stage, resumed=start > 0)
     model.train()
     losses = training.resume_extra(config.out).get("losses", []) if start else []
     started = time.time()
     for step in range(start, config.steps):
-        idx = training.shard_for_process(next(batches), accelerator)
-        batch = [t.to(accelerator.device) for t in collate([rows[int(i)] for i in idx], tokenizer.pad_token_id)]
-        loss = lm_loss(model, *batch)
+        mine = [rows[int(i)] for i in distributed.shard(next(batches))]
+        # every token of the global batch weighs the same, however the batch is split
+        tokens = int(distributed.all_sum(torch.tensor(labelled_tokens(mine))))
+        summed = 0.0
+        for chunk in range(0, len(mine), batching.micro):
+            batch = [t.to(accelerator.device) for t in collate(mine[chunk:chunk + batching.micro],
+                                                               tokenizer.pad_token_id)]
+            with training.micro_step(accelerator, model):
+                total, _ = lm_loss_sum(model, *batch)
+                accelerator.backward(total * (training.loss_scale(batching) / max(tokens, 1)))
+            summed += total.item()
         learning_rate = scheduler.get_last_lr()[0]
-        training.optimizer_step(accelerator, model, optimizer, scheduler, loss)
-        training.after_step(accelerator, config, bar, losses, loss.item(), step, stage)
+        training.finish_step(accelerator, model, optimizer, scheduler, config.max_grad_norm)
+        loss = distributed.all_sum(torch.tensor(summed, dtype=torch.float64)).item() / max(tokens, 1)
+        training.after_step(accelerator, config, bar, losses, loss, step, stage)
         training.log_metrics(accelerator, {"loss": losses[-1], "lr": learning_rate}, step + 1)
     bar.close()
     training.end_tracking(accelerator)
+    peak_mb = distributed.all_max(distributed.peak_memory_mb(accelerator.device))
     state_dict = training.full_state_dict(accelerator, model)
     model = accelerator.unwrap_model(model)
     if config.lora_r > 0:
         model = model.merge_and_unload()
     window = losses[-20:] or [float("nan")]
     summary = {"final_loss": sum(window) / len(window), "steps": config.steps, "seconds": time.time() - started,
-               "examples": len(rows), "resumed_from_step": start}
-    if accelerator.is_main_process:
+               "examples": len(rows), "resumed_from_step": start, "processes": batching.world,
+               "micro_batch_size": batching.micro, "accumulation": batching.accumulation,
+               "peak_memory_mb": peak_mb}
+    if distributed.is_main():
         with artifacts.atomic_dir(config.out) as tmp:
             save_model(model, tokenizer, tmp, state_dict)
             artifacts.write_json(tmp / "train_summary.json", summary)
             artifacts.write_metadata(tmp, stage, config, config.seed, extra={"summary": summary})
         training.clear_checkpoints(config.out)
+    distributed.barrier()
     return summary
 
 

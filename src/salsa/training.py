@@ -1,11 +1,14 @@
-"""What every training loop shares: accelerator, optimiser, schedule, batches, resume.
+"""What every training loop shares: settings, accelerator, optimiser, schedule, batches, resume.
 
-Loops stay in their own modules (sft, reward, ppo) so each reads top to
-bottom; these helpers only remove the plumbing they would otherwise repeat.
+Loops stay in their own modules (sft, reward, ppo, dpo) so each reads top to bottom; these
+helpers only remove the plumbing they would otherwise repeat. How processes share the work
+(ranks, batch geometry, sharded models) lives in salsa.distributed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -17,27 +20,56 @@ from typing import Iterator
 
 import torch
 
-from salsa import artifacts
+from salsa import artifacts, distributed
+from salsa.args import arg
+from salsa.distributed import Batching, shards_weights  # noqa: F401  (re-exported for the stages)
 
 
-def make_accelerator(mixed_precision: str = "no", seed: int = 0, trackers: list | None = None):
-    """``trackers``: accelerate tracker objects (``experiment_trackers``), started by ``start_tracking``."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+@dataclasses.dataclass
+class TrainingConfig:
+    """Settings every training stage shares. Stage configs extend it (and may change a default)."""
 
-    # our schedules count optimiser steps of the global batch: step them once per step,
-    # not once per process as accelerate's prepared scheduler would
-    accelerator = Accelerator(mixed_precision=mixed_precision, step_scheduler_with_optimizer=False,
-                              log_with=trackers or None)
-    set_seed(seed)
-    return accelerator
+    out: str = arg(help="output directory")
+    seed: int = arg(0, help="data order, initialisation and sampling")
+    lr: float = arg(1e-3, help="peak learning rate")
+    weight_decay: float = arg(0.0, help="AdamW weight decay")
+    max_grad_norm: float = arg(1.0, help="gradient clipping (global norm)")
+    micro_batch_size: int = arg(0, help="examples per forward/backward on each process; each process's share of "
+                                        "the batch is reached by gradient accumulation (0 = the whole share at once)")
+    gradient_checkpointing: bool = arg(False, help="recompute activations in the backward pass (less memory)")
+    dtype: str = arg("float32", help="weights dtype: float32, bfloat16 or float16")
+    mixed_precision: str = arg("no", help="accelerate mixed precision: no, bf16 or fp16")
+    checkpoint_every: int = arg(0, help="save a resumable checkpoint every N steps (0 = never)")
+    threads: int = arg(0, help="torch CPU threads (0 = torch default)")
+    report_to: list[str] = arg([], help="experiment trackers: tensorboard, wandb (none by default)")
+    tracking_dir: str = arg("", help="tracking logs root (default: <out>.tracking next to the output)")
+    run_name: str = arg("", help="tracker run name (default: the output's path below --tracking-dir's parent, "
+                                 "else its name)")
 
 
-def shards_weights(accelerator) -> bool:
-    """ZeRO / FSDP: each process holds a slice of the weights."""
-    from accelerate.utils import DistributedType
+@dataclasses.dataclass
+class LoraSettings:
+    """LoRA fields of the stages that can train an adapter instead of every weight."""
 
-    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    lora_r: int = arg(0, help="LoRA rank; 0 = full fine-tuning")
+    lora_alpha: int = arg(16, help="LoRA alpha")
+    lora_target_modules: list[str] = arg(["q_proj", "k_proj", "v_proj", "o_proj"], help="modules LoRA adapts")
+
+
+def make_accelerator(config: TrainingConfig, trackers: bool = True):
+    """The stage's accelerator, under the autocast its dtype implies."""
+    from salsa.modeling import mixed_precision_mode
+
+    install_preemption_handler()
+    return distributed.make_accelerator(mixed_precision_mode(config.dtype, config.mixed_precision), config.seed,
+                                        experiment_trackers(config) if trackers else None)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Non-reentrant checkpointing (works with frozen inputs, LoRA and DDP)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "config"):
+        model.config.use_cache = False
 
 
 def full_state_dict(accelerator, model) -> dict | None:
@@ -70,9 +102,9 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, start_step: int
         epoch, offset = epoch + 1, 0
 
 
-def shard_for_process(indices: torch.Tensor, accelerator) -> torch.Tensor:
-    """Each process takes its slice of the global batch (data parallelism)."""
-    return indices[accelerator.process_index::accelerator.num_processes]
+def shard_for_process(indices: torch.Tensor, accelerator=None) -> torch.Tensor:
+    """Each process takes its slice of the global batch (data parallelism); ranks from torch.distributed."""
+    return distributed.shard(indices)
 
 
 def resume_dir(out: str | Path) -> Path:
@@ -155,8 +187,8 @@ def try_resume(accelerator, out: str | Path, config=None) -> int:
     stale = _stale_reason(info, config) if config is not None else None
     if stale:
         accelerator.print(f"ignoring checkpoint {directory}: written with {stale}; starting from step 0")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+        distributed.barrier()
+        if distributed.is_main():
             clear_checkpoints(out)
         return 0
     accelerator.load_state(str(directory / "state"))  # weights, optimiser, scheduler, RNG states
@@ -170,37 +202,75 @@ def resume_extra(out: str | Path) -> dict:
     return json.loads((found[0] / "extra.json").read_text()) if found else {}
 
 
+def rank_file_name(name: str) -> str:
+    """Per-process loop state (e.g. a sampler's RNG) is saved by every process under its own name."""
+    return name if distributed.world_size() == 1 else f"rank{distributed.rank()}-{name}"
+
+
 def resume_file(out: str | Path, name: str) -> Path:
     found = latest_checkpoint(out)
     if found is None:
         raise artifacts.StageError(f"{resume_dir(out)}: no checkpoint to read {name} from")
-    return found[0] / name
+    path = found[0] / rank_file_name(name)
+    if not path.exists():
+        raise artifacts.StageError(f"{path}: missing; was the checkpoint written with another process count?")
+    return path
 
 
 def save_checkpoint(accelerator, out: str | Path, step: int, extra: dict | None = None, config=None,
                     files: dict | None = None) -> None:
-    """Save weights, optimiser, scheduler and RNG states, plus ``extra`` (JSON) and ``files`` (torch.save)."""
+    """Save weights, optimiser, scheduler and RNG states, plus ``extra`` (JSON, from the main process) and
+    ``files`` (torch.save, each process its own)."""
     root = resume_dir(out)
     directory = root / f"step-{step:07d}"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    distributed.barrier()
+    if distributed.is_main():
         shutil.rmtree(directory, ignore_errors=True)  # a half-written save of this step from a killed run
         directory.mkdir(parents=True)
-    accelerator.wait_for_everyone()
+    distributed.barrier()
     accelerator.save_state(str(directory / "state"))
-    if accelerator.is_main_process:
+    for name, value in (files or {}).items():
+        torch.save(value, directory / rank_file_name(name))
+    distributed.barrier()
+    if distributed.is_main():
         artifacts.write_json(directory / "extra.json", extra or {})
-        for name, value in (files or {}).items():
-            torch.save(value, directory / name)
         previous = latest_checkpoint(out)
         identity = ({"fingerprint": config_fingerprint(config), "settings": settings_fingerprint(config),
                      "inputs": input_identities(config)} if config else {"fingerprint": None})
-        artifacts.write_json(root / LATEST, {"step": step, "dir": directory.name, **identity})
+        artifacts.write_json(root / LATEST, {"step": step, "dir": directory.name, "processes":
+                                             distributed.world_size(), **identity})
         if previous and previous[0] != directory:
             shutil.rmtree(previous[0], ignore_errors=True)
-    accelerator.wait_for_everyone()
+    distributed.barrier()
     if os.environ.get(KILL_AFTER_CHECKPOINT) == str(step):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --- preemption: SLURM sends SIGUSR1 (profile) or SIGTERM ahead of the time limit ----------
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpointed on a signal; rerun the job to resume
+_signal_received: list[int] = []
+
+
+def install_preemption_handler() -> None:
+    """Remember SIGTERM / SIGUSR1 instead of dying: the loop checkpoints at the end of the step and exits."""
+    def remember(signum, frame):
+        _signal_received.append(signum)
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, remember)
+
+
+def preempted() -> bool:
+    """Whether any process got a stop signal (a collective under several processes: all must agree)."""
+    return distributed.all_max(float(bool(_signal_received))) > 0
+
+
+def stop_if_preempted(accelerator, out, done: int, total: int, extra: dict, config, files: dict | None = None):
+    """After step ``done`` of ``total``: on a stop signal, checkpoint and exit so the job can be requeued."""
+    if done >= total or not preempted():
+        return
+    save_checkpoint(accelerator, out, done, extra, config, files)
+    accelerator.print(f"stop signal: checkpointed step {done} of {total} in {resume_dir(out)}; rerun to resume")
+    raise SystemExit(PREEMPTED_EXIT_CODE)
 
 
 def clear_checkpoints(out: str | Path) -> None:
@@ -221,12 +291,39 @@ def finite_or_raise(value: float, what: str) -> float:
 
 
 def optimizer_step(accelerator, model, optimizer, scheduler, loss, max_grad_norm: float = 1.0) -> None:
-    """Backward, clip, step the optimiser and the schedule, clear gradients."""
+    """Backward, clip, step the optimiser and the schedule, clear gradients (one micro-batch per step)."""
     accelerator.backward(loss)
+    finish_step(accelerator, model, optimizer, scheduler, max_grad_norm)
+
+
+@contextlib.contextmanager
+def micro_step(accelerator, model):
+    """One micro-batch of an optimiser step: gradients sync (DDP) or the step runs (DeepSpeed) on the last.
+
+    accelerate counts the micro-batches (its gradient_accumulation_steps is set by
+    distributed.configure_batching) and divides each loss by their number; DeepSpeed does the same.
+    """
+    with accelerator.accumulate(model):
+        yield
+
+
+def finish_step(accelerator, model, optimizer, scheduler, max_grad_norm: float = 1.0) -> None:
+    """Clip, step the optimiser and the schedule, clear gradients; after the last micro-batch of a step.
+    Under DeepSpeed the engine already clipped and stepped in backward; the optimiser calls are no-ops."""
     accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def loss_scale(batching: Batching) -> float:
+    """Multiplier that turns (sum of per-example losses / global count) into what backward expects.
+
+    accelerate and DeepSpeed divide each micro-batch loss by the accumulation count and DDP averages
+    gradients over processes, so ``scale * sum / global_count`` per micro-batch gives the gradient of
+    the global batch's mean loss, exactly as one process would compute it on the whole batch.
+    """
+    return float(batching.world * batching.accumulation)
 
 
 def after_step(accelerator, config, bar, losses: list[float], loss: float, step: int, what: str) -> None:
@@ -236,6 +333,8 @@ def after_step(accelerator, config, bar, losses: list[float], loss: float, step:
     bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
     if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
         save_checkpoint(accelerator, config.out, step + 1, {"losses": losses}, config)
+    else:
+        stop_if_preempted(accelerator, config.out, step + 1, config.steps, {"losses": losses}, config)
 
 
 # --- experiment tracking (TensorBoard / W&B through accelerate's trackers) -------
@@ -299,7 +398,7 @@ def start_tracking(accelerator, config, stage: str, resumed: bool = False) -> No
     if not accelerator.log_with:
         return
     root, run_name = tracking_location(config)
-    if accelerator.is_main_process and not resumed:
+    if distributed.is_main() and not resumed:
         shutil.rmtree(root / run_name, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     settings = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
