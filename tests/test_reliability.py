@@ -213,7 +213,8 @@ def test_existing_hub_ids_and_local_paths_pass(tmp_path):
 
 EXPERIMENTS = REPO / "config" / "experiments"
 SHIPPED = [[p] for p in sorted(EXPERIMENTS.glob("*.yaml"))
-           if p.stem not in ("smollm2-gpu", "smollm2-gold", "smollm2-bench")] + [
+           if p.stem not in ("smollm2-gpu", "smollm2-gold", "smollm2-bench", "judge-open-weight")] + [
+    [EXPERIMENTS / "llama2-7b.yaml", EXPERIMENTS / "judge-open-weight.yaml"],
     [EXPERIMENTS / "smollm2-135m.yaml", EXPERIMENTS / "smollm2-gpu.yaml"],
     [EXPERIMENTS / "smollm2-135m.yaml", EXPERIMENTS / "smollm2-gold.yaml"],
     [EXPERIMENTS / "smollm2-135m.yaml", REPO / "tests" / "config" / "smollm2-fast.yaml"], [TINY]]

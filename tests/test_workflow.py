@@ -72,7 +72,7 @@ def test_schema_lists_only_real_stage_flags():
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
     blocks = {"data": (PrepareDataConfig, {"source", "hub"}), "base_model": (BaseModelConfig, set()),
               "sft": (SFTConfig, {"seeds", "extra", "data_subsets"}), "evaluate": (EvaluateConfig, set()),
-              "landscape": (LandscapeConfig, {"pair"}),
+              "landscape": (LandscapeConfig, {"pair", "enabled"}),
               "reward_model": (RewardConfig, {"init", "normalize_policy"})}
     for block, (config_cls, wiring) in blocks.items():
         fields = {f.name for f in dataclasses.fields(config_cls)}

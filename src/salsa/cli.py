@@ -4,6 +4,7 @@
   salsa score arena-hard --judgments FILE [--baseline NAME]
   salsa answer ... / salsa judge ...     (the benchmark stages, same flags as python -m)
   salsa fetch-benchmarks --benchmark mt_bench --out DIR
+  salsa plan --profile profiles/slurm --configfile ...   (snakemake -n: GPU-hours and the judges' bill)
 
 To add a subcommand, map its name to a module with ``main(argv)`` in SUBCOMMANDS; the
 module is imported only when its subcommand runs, so `salsa --help` stays fast.
@@ -21,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "answer": ("salsa.benchmarks.answer", "generate a model's benchmark answers"),
     "judge": ("salsa.benchmarks.judge", "judge benchmark answers; write judgments.jsonl + scores.json"),
     "fetch-benchmarks": ("salsa.benchmarks.fetch", "download a public benchmark's files (pinned, sha256-checked)"),
+    "plan": ("salsa.plan", "before submitting: GPU-hours requested per rule and the API judges' bill (snakemake -n)"),
 }
 
 

@@ -58,6 +58,12 @@ class HubDataConfig:
     eval_id_split: str = arg("test_gen", help="split for held-out in-distribution prompts")
     ood_dataset: str = arg("", help="out-of-distribution eval prompts (default: --sft-dataset)")
     ood_split: str = arg("test_sft", help="split of --ood-dataset (first user turn of each conversation)")
+    sft_revision: str = arg("", help="Hub revision (commit) of --sft-dataset (default: the Hub's current main)")
+    prefs_revision: str = arg("", help="Hub revision of --prefs-dataset")
+    prompts_revision: str = arg("", help="Hub revision of --prompts-dataset (default: --prefs-revision when "
+                                         "the prompts come from --prefs-dataset)")
+    ood_revision: str = arg("", help="Hub revision of --ood-dataset (default: --sft-revision when the "
+                                     "prompts come from --sft-dataset)")
     tokenizer: str = arg("", help="model whose tokenizer is saved to tokenizer/ and counts token lengths")
     length_unit: str = arg("tokens", help="unit of the length limits", choices=["tokens", "chars"])
     max_prompt_length: int = arg(512, help="drop rows whose prompt is longer (0 = no limit)")
@@ -135,8 +141,8 @@ def _read_file(path: Path) -> tuple[Any, Callable[[int], str]]:
     raise StageError(f"{path}: unsupported file type (use .jsonl, .json or .parquet)")
 
 
-def offline_snapshot(source: str) -> Path | None:
-    """Offline (HF_HUB_OFFLINE=1), a Hub id's snapshot in the HF cache, or None.
+def offline_snapshot(source: str, revision: str = "") -> Path | None:
+    """Offline (HF_HUB_OFFLINE=1), a Hub id's snapshot (at `revision`) in the HF cache, or None.
 
     `datasets` offline reads only its own processed cache, not the Hub cache that `huggingface-cli
     download --repo-type dataset` (or a login node's load_dataset) fills; that snapshot is the repo's
@@ -147,13 +153,14 @@ def offline_snapshot(source: str) -> Path | None:
     if not constants.HF_HUB_OFFLINE:
         return None
     try:
-        return Path(snapshot_download(source, repo_type="dataset", local_files_only=True))
+        return Path(snapshot_download(source, repo_type="dataset", revision=revision or None,
+                                      local_files_only=True))
     except Exception:  # not in the cache: load_dataset below says so in its own words
         return None
 
 
-def load_rows(source: str, split: str) -> Rows:
-    """One split of a Hub dataset or of a local copy of it."""
+def load_rows(source: str, split: str, revision: str = "") -> Rows:
+    """One split of a Hub dataset (at `revision` when given) or of a local copy of it."""
     path = Path(source)
     if path.is_file():
         return Rows([_read_file(path)])
@@ -177,15 +184,16 @@ def load_rows(source: str, split: str) -> Rows:
         return Rows([_read_file(p) for p in files])
     if source.startswith((".", "/")) or source.count("/") != 1:
         raise StageError(f"{source}: no such file or directory (nor a Hub dataset id)")
-    snapshot = offline_snapshot(source)
+    snapshot = offline_snapshot(source, revision)
     if snapshot is not None:
         return load_rows(str(snapshot), split)
     from datasets import load_dataset
 
     try:
-        dataset = load_dataset(source, split=split)
-    except Exception as err:  # network, auth, unknown split: all end the stage the same way
-        raise StageError(f"{source}[{split}]: cannot load from the Hub ({str(err).splitlines()[0]})") from None
+        dataset = load_dataset(source, split=split, revision=revision or None)
+    except Exception as err:  # network, auth, unknown split or revision: all end the stage the same way
+        at = f"@{revision}" if revision else ""
+        raise StageError(f"{source}{at}[{split}]: cannot load from the Hub ({str(err).splitlines()[0]})") from None
     return Rows([(dataset, lambda i: f"{source}[{split}]: row {i}")])
 
 
@@ -330,23 +338,29 @@ def generate(config: HubDataConfig, tokenizer=None) -> tuple[dict[str, list[dict
     lengths = Lengths(config, tokenizer)
     prompts_source = config.prompts_dataset or config.prefs_dataset
     ood_source = config.ood_dataset or config.sft_dataset
+    revision = {config.sft_dataset: config.sft_revision, config.prefs_dataset: config.prefs_revision}
+    prompts_revision = config.prompts_revision or revision.get(prompts_source, "")
+    ood_revision = config.ood_revision or revision.get(ood_source, "")
     splits, report = {}, {}
 
-    def take(name, source, split, kind, n, **kwargs):
-        splits[name], dropped = select(load_rows(source, split), kind, n, config.seed, lengths,
+    def take(name, source, split, kind, n, rev="", **kwargs):
+        splits[name], dropped = select(load_rows(source, split, rev), kind, n, config.seed, lengths,
                                        label=f"{source}[{split}]", **kwargs)
-        report[name] = {"source": source, "split": split, "rows": len(splits[name]), "dropped": dropped}
+        report[name] = {"source": source, "split": split, "rows": len(splits[name]), "dropped": dropped,
+                        **({"revision": rev} if rev else {})}
 
-    take("sft", config.sft_dataset, config.sft_split, "sft", config.n_sft)
-    take("prefs_train", config.prefs_dataset, config.prefs_train_split, "prefs", config.n_prefs_train)
-    take("prefs_eval", config.prefs_dataset, config.prefs_eval_split, "prefs", config.n_prefs_eval)
-    take("ppo_prompts", prompts_source, config.ppo_split, "prompt", config.n_ppo_prompts)
+    take("sft", config.sft_dataset, config.sft_split, "sft", config.n_sft, config.sft_revision)
+    take("prefs_train", config.prefs_dataset, config.prefs_train_split, "prefs", config.n_prefs_train,
+         config.prefs_revision)
+    take("prefs_eval", config.prefs_dataset, config.prefs_eval_split, "prefs", config.n_prefs_eval,
+         config.prefs_revision)
+    take("ppo_prompts", prompts_source, config.ppo_split, "prompt", config.n_ppo_prompts, prompts_revision)
     # held-out prompts never seen in any training split (the Hub splits are disjoint; local copies may not be)
     seen = ({next(t["content"] for t in r["messages"] if t["role"] == "user") for r in splits["sft"]}
             | {r["prompt"] for r in splits["prefs_train"] + splits["ppo_prompts"]})
-    take("eval_id", prompts_source, config.eval_id_split, "prompt", config.n_eval_id, exclude=seen,
+    take("eval_id", prompts_source, config.eval_id_split, "prompt", config.n_eval_id, prompts_revision, exclude=seen,
          category=_short_name(prompts_source))
-    take("eval_ood", ood_source, config.ood_split, "prompt", config.n_eval_ood, exclude=seen,
+    take("eval_ood", ood_source, config.ood_split, "prompt", config.n_eval_ood, ood_revision, exclude=seen,
          category=_short_name(ood_source))
     splits["pretrain"] = splits["sft"]
     return splits, report

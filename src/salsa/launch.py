@@ -8,7 +8,8 @@ The rules call every GPU-capable stage through this module (rules/common.smk: la
 * **Workstation** (no SLURM job): the job takes `--gpus` GPU slots from the machine's pool
   (CUDA_VISIBLE_DEVICES if set, else SALSA_GPU_COUNT, else `nvidia-smi -L`) by locking one file
   per GPU, and sets CUDA_VISIBLE_DEVICES to them. Snakemake's `gpu` resource keeps the sum of
-  requests within the machine; the locks make sure two jobs never get the same GPU.
+  requests within the machine; the locks make sure two jobs never get the same GPU. A machine
+  with no GPU at all (a CPU rehearsal) runs the processes on CPU and says so in the job's log.
 * **Rendezvous port**: a multi-process job locks a port slot (29500 + k), so two jobs on one
   machine (a workstation, or two 4-GPU jobs on one SLURM node) never share a port.
 * **SLURM, one node**: SLURM gives the job its GPUs; only the port is chosen here.
@@ -197,10 +198,12 @@ def plan(args: argparse.Namespace, command: list[str]) -> tuple[list[str], dict[
         return argv, env, f"{args.nodes} nodes x {args.gpus} GPUs through srun"
     directory = slot_dir()
     where = []
-    if args.gpus > 0 and not in_slurm:
-        gpus = take_gpus(args.gpus, gpu_pool(), directory)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    pool = gpu_pool() if args.gpus > 0 and not in_slurm else []
+    if pool:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(take_gpus(args.gpus, pool, directory))
         where.append(f"GPUs {env['CUDA_VISIBLE_DEVICES']}")
+    elif args.gpus > 0 and not in_slurm:   # CPU rehearsals of GPU overlays: the processes, without GPUs
+        where.append(f"no GPU on this machine: {args.processes or args.gpus} process(es) on CPU")
     port = take_port(directory) if (args.processes or args.gpus) > 1 else PORT_BASE
     if (args.processes or args.gpus) > 1:
         where.append(f"port {port}")

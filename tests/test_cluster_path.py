@@ -1,0 +1,178 @@
+"""The cluster user's path (issue 18), from dry runs of the shipped 7B overlays through both profiles, offline:
+judges that exist, a preflight before every GPU job, judges on the machine that runs Snakemake, no landscape job
+that cannot succeed, the paper's SFT pair, one node per GPU job (or N with one task per node), derived
+runtimes, and no absolute path in any job command."""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from salsa.plan import dry_run_jobs
+from test_cluster import PROFILES, dry_run, merged
+from test_workflow import DEFAULT, REPO, scheduled_rules, snakemake
+
+EXPERIMENTS = REPO / "config" / "experiments"
+SEVEN_B = ["llama2-7b", "mistral-7b", "gemma-2b"]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("name", SEVEN_B)
+def test_dry_run_of_each_hub_overlay_is_the_cluster_users_path(name, profile, tmp_path):
+    overlay = str(EXPERIMENTS / f"{name}.yaml")
+    proc = dry_run(tmp_path, profile, overlay)
+    config = merged(EXPERIMENTS / f"{name}.yaml")
+    counts = scheduled_rules(proc.stdout)
+    jobs = dry_run_jobs(proc.stdout + proc.stderr)
+    marker = f"results/{name}/judge_preflight/ok.json"
+    # the judges exist today, and a preflight that checks them comes before every GPU job
+    judged = [b for b, spec in config["benchmarks"].items() if spec.get("enabled", True)]
+    assert {config["benchmarks"][b]["judging"]["judge_model"] for b in judged} == {"gpt-4.1-2025-04-14"}
+    assert counts["judge_preflight"] == 1 and "landscape" not in counts
+    gpu_jobs = [j for j in jobs if int(j["resources"].get("gpu", 0)) > 0]
+    assert {j["rule"] for j in gpu_jobs} >= {"sft", "reward_model", "ppo", "evaluate", "evaluate_answers"}
+    for job in gpu_jobs:
+        assert marker in job["input"], (job["rule"], job["input"])
+        assert job["resources"]["nodes"] == "1", job                 # --nodes=1: one launcher, one node
+        assert job["shell"].startswith(f"exec python -m salsa.launch --gpus {job['resources']['gpu']} ")
+    # the SFT pair as the paper trains it: the same data, two seeds
+    sft = [j["shell"] for j in jobs if j["rule"] == "sft"]
+    assert len(sft) == 2 and all("--data-subset all" in s and "half" not in s for s in sft)
+    assert sorted(re.search(r"--seed (\d+)", s).group(1) for s in sft) == ["1", "2"]
+    # judges: local rules (checked below) with their share of the global request budget
+    judges = [j for j in jobs if j["rule"] == "evaluate_judge"]
+    assert judges and all(j["resources"]["api_requests"] == "8" and "--concurrency 8" in j["shell"] for j in judges)
+    # runtimes derived from steps x seconds_per_step x 1.5 + 20 minutes
+    for stage, steps in (("sft", config["sft"]["steps"]), ("reward_model", config["reward_model"]["steps"]),
+                         ("ppo", config["ppo"]["params"]["updates"])):
+        expected = math.ceil(steps * config["resources"][stage]["seconds_per_step"] * 1.5 / 60) + 20
+        assert {j["resources"]["runtime"] for j in jobs if j["rule"] == stage} == {str(expected)}, stage
+    # no absolute path in any job command: a moved checkout (or working directory) changes no command
+    for job in jobs:
+        tokens = shlex.split(job["shell"]) if job["shell"] and job["shell"] != "None" else []
+        assert not [t for t in tokens if t.startswith("/")], (job["rule"], job["shell"])
+    arena = [j["shell"] for j in jobs if j["rule"] == "evaluate_answers" and "arena_hard" in j["shell"]]
+    cap = config["benchmarks"]["arena_hard_v0.1"]["answer"]["max_new_tokens"]
+    assert arena and all(f"--max-new-tokens {cap}" in s for s in arena)
+
+
+def local_rules(tmp_path: Path, *configfiles: Path) -> set[str]:
+    """The workflow's local rules, from Snakemake's own parse (its API; the dry run does not print them)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, ResourceSettings, StorageSettings
+
+    with SnakemakeApi() as api:
+        workflow = api.workflow(snakefile=REPO / "Snakefile", workdir=tmp_path, resource_settings=ResourceSettings(),
+                                storage_settings=StorageSettings(),
+                                config_settings=ConfigSettings(configfiles=[Path(DEFAULT), *configfiles]))
+        return set(workflow._workflow._localrules)
+
+
+def test_api_judges_and_their_preflight_run_where_snakemake_runs_unless_told_otherwise(tmp_path):
+    overlay = EXPERIMENTS / "llama2-7b.yaml"
+    assert local_rules(tmp_path, overlay) == {"fetch_benchmark", "evaluate_judge", "judge_preflight"}
+    remote = tmp_path / "remote-judges.yaml"
+    remote.write_text("resources:\n  bench_judge: {local: false}\n")
+    assert local_rules(tmp_path, overlay, remote) == {"fetch_benchmark"}
+
+
+def test_a_retired_judge_is_refused_in_one_line_before_any_job(tmp_path):
+    overlay = tmp_path / "old-judge.yaml"
+    overlay.write_text("benchmarks:\n  mt_bench: {judge: openai, judging: {judge_model: gpt-4-0613}}\n")
+    proc = dry_run(tmp_path, "slurm", str(EXPERIMENTS / "llama2-7b.yaml"), str(overlay), check=False)
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and errors == [
+        "error: config: benchmarks.mt_bench.judging.judge_model: gpt-4-0613 was shut down by OpenAI on 2026-10-23 "
+        "and answers every request with HTTP 404; use a current model (e.g. gpt-4.1-2025-04-14, docs/judging.md) "
+        "or your own endpoint (base_url)"]
+    # the same name behind your own server (vLLM serving a model under that name) is yours to use
+    overlay.write_text("benchmarks:\n  mt_bench: {judge: openai, judging: {judge_model: gpt-4-0613, "
+                       "base_url: 'http://127.0.0.1:8000/v1'}}\n")
+    dry_run(tmp_path, "slurm", str(EXPERIMENTS / "llama2-7b.yaml"), str(overlay))
+
+
+def test_the_landscape_and_the_preflight_follow_the_config(tmp_path):
+    assert scheduled_rules(snakemake(tmp_path, "-n", "--configfile", DEFAULT).stdout)["landscape"] == 1
+    off = tmp_path / "off.yaml"
+    off.write_text("landscape: {enabled: false}\n")
+    rules = scheduled_rules(snakemake(tmp_path, "-n", "--configfile", DEFAULT, str(off)).stdout)
+    assert "landscape" not in rules and "judge_preflight" not in rules   # the toy run has no API judge
+
+
+def test_a_two_node_job_asks_one_task_and_its_gpus_per_node(tmp_path):
+    two = tmp_path / "two-nodes.yaml"
+    two.write_text("resources:\n  sft: {nodes: 2, runtime: 600}\n")
+    proc = dry_run(tmp_path, "slurm", str(EXPERIMENTS / "llama2-7b.yaml"), str(two))
+    [sft, *_] = [j for j in dry_run_jobs(proc.stdout + proc.stderr) if j["rule"] == "sft"]
+    resources = sft["resources"]
+    assert (resources["nodes"], resources["tasks"], resources["mpi"], resources["gpu"]) == ("2", "2", "srun", "0")
+    assert resources["runtime"] == "600"                                    # an explicit runtime wins
+    assert sft["shell"].startswith("exec python -m salsa.launch --gpus 8 --nodes 2 --accelerate-config")
+    # what the SLURM plugin submits for these resources (its own submit-string code)
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+
+    class Resources(dict):
+        __getattr__ = dict.get
+
+    extra = resources["slurm_extra"].strip("'\"")
+    job = SimpleNamespace(threads=8, resources=Resources(nodes=2, tasks=2, mpi="srun", mem_mb=400000, runtime=600,
+                                                         cpus_per_task=32, slurm_extra=extra))
+    submit = get_submit_command(job, {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c", "account": "",
+                                      "partition": "", "workdir": "."})
+    assert "--nodes=2" in submit and "--ntasks=2" in submit and "--gpus-per-node=8" in submit
+    assert "--gpus=" not in submit                                          # not 16 GPUs split any which way
+    # and a one-node GPU job of the shipped overlay: --nodes=1 beside its --gpus=8
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    one = dry_run_jobs(dry_run(tmp_path, "slurm", EXPERIMENTS / "llama2-7b.yaml").stdout)
+    [ppo, *_] = [j["resources"] for j in one if j["rule"] == "ppo"]
+    job = SimpleNamespace(threads=8, resources=Resources(nodes=int(ppo["nodes"]), gpu=int(ppo["gpu"]),
+                                                         mem_mb=int(ppo["mem_mb"]), runtime=int(ppo["runtime"])))
+    submit = get_submit_command(job, {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c", "account": "",
+                                      "partition": "", "workdir": "."}) + set_gres_string(job)
+    assert "--nodes=1" in submit and "--gpus=8" in submit and "-t 245" in submit
+
+
+def test_profiles_ask_for_the_preemption_signal_and_a_global_request_budget():
+    slurm = yaml.safe_load((PROFILES["slurm"] / "config.yaml").read_text())
+    assert "--signal=TERM@300" in slurm["default-resources"]["slurm_extra"]
+    for profile in PROFILES.values():
+        assert yaml.safe_load((profile / "config.yaml").read_text())["resources"]["api_requests"] >= 1
+
+
+def test_salsa_plan_prints_the_gpu_hours_and_the_judge_bill(tmp_path):
+    (tmp_path / "my-cluster.yaml").write_text("resources:\n  default: {slurm_partition: gpu}\n")
+    proc = subprocess.run([sys.executable, "-m", "salsa.cli", "plan", "-d", str(tmp_path), "-s", str(REPO / "Snakefile"),
+                           "--profile", str(PROFILES["slurm"]), "--configfile", DEFAULT,
+                           str(EXPERIMENTS / "llama2-7b.yaml"), str(tmp_path / "my-cluster.yaml")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()}
+    # ppo: 6 jobs x 8 GPUs x (ceil(300 updates x 30 s x 1.5 / 60) + 20 = 245 min)
+    assert rows["ppo"][1:] == ["6", "8", "4.1", "196.0"]
+    assert rows["mt_bench"][3] == str(80 * 2 * 9) and rows["arena_hard_v0.1"][-1] == "$135.00"
+    assert re.search(r"^total: 61 jobs, [\d.]+ GPU-hours requested", proc.stdout, re.M)
+
+
+def test_the_open_weight_judge_overlay_points_every_judge_at_the_local_server(tmp_path):
+    proc = dry_run(tmp_path, "slurm", EXPERIMENTS / "llama2-7b.yaml", EXPERIMENTS / "judge-open-weight.yaml")
+    jobs = dry_run_jobs(proc.stdout + proc.stderr)
+    judges = [j for j in jobs if j["rule"] == "evaluate_judge"]
+    assert judges and all("--judge-model Qwen/Qwen2.5-72B-Instruct --base-url http://127.0.0.1:8000/v1" in j["shell"]
+                          and j["resources"]["api_requests"] == "16" for j in judges)
+    [preflight] = [j for j in jobs if j["rule"] == "judge_preflight"]
+    assert preflight["shell"].count('"base_url": "http://127.0.0.1:8000/v1"') == 2
+
+
+def test_judges_that_load_a_model_go_to_the_cluster_by_default(tmp_path):
+    reward = tmp_path / "reward-judge.yaml"
+    reward.write_text("benchmarks:\n  mt_bench: {judge: reward}\n")
+    assert local_rules(tmp_path, EXPERIMENTS / "llama2-7b.yaml", reward) == {"fetch_benchmark"}
