@@ -62,9 +62,9 @@ class LikelihoodJudge:
 
 
 class JudgeServer:
-    """ThreadingHTTPServer on 127.0.0.1; records every request's model name and message count."""
+    """ThreadingHTTPServer on 127.0.0.1 (at `port`, 0 = any free one); records each request's model name."""
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, port: int = 0):
         self.judge = LikelihoodJudge(model_dir)
         self.requests: list[dict] = []
         server = self
@@ -93,7 +93,7 @@ class JudgeServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 

