@@ -129,6 +129,7 @@ def read_json(path: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.rehearsal
 @pytest.mark.parametrize("name", list(OVERLAYS))
 def test_rehearsal(name, rehearsal_fixture, workdirs, tmp_path_factory, capsys):
     from judge_server import JudgeServer
@@ -174,6 +175,12 @@ def check_outputs(name: str, config: dict, results: Path, benchmarks: dict, serv
         assert read_json(sft / "config.json")["model_type"] == model_type
         assert template_mark in read_json(sft / "tokenizer_config.json").get("chat_template", "") or \
             template_mark in (sft / "chat_template.jinja").read_text()
+    summaries = {"sft": "sft/seed1/train_summary.json", "reward_model": "reward_model/reward_eval.json",
+                 "ppo": f"ppo/{next(iter(config['ppo']['methods']))}/seed{config['ppo']['seeds'][0]}/summary.json"}
+    for stage, summary in summaries.items():   # the stage ran at the override's process count
+        gpus = int(os.environ.get("REHEARSAL_GPUS") or
+                   (config.get("resources", {}).get(stage) or {}).get("gpus") or 0)
+        assert read_json(results / summary).get("processes", 1) == max(1, gpus), (stage, summary)
     for benchmark in benchmarks:
         judged = sorted((results / "bench" / benchmark).rglob("judged/scores.json"))
         assert judged, f"{benchmark}: no judged model"
