@@ -23,6 +23,7 @@ except ConfigError as err:
 
 
 include: "rules/common.smk"
+include: "rules/jobs.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/reward.smk"

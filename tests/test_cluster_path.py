@@ -176,3 +176,12 @@ def test_judges_that_load_a_model_go_to_the_cluster_by_default(tmp_path):
     reward = tmp_path / "reward-judge.yaml"
     reward.write_text("benchmarks:\n  mt_bench: {judge: reward}\n")
     assert local_rules(tmp_path, EXPERIMENTS / "llama2-7b.yaml", reward) == {"fetch_benchmark"}
+
+
+def test_a_hub_overlay_can_switch_its_landscape_on(tmp_path):
+    on = tmp_path / "landscape-on.yaml"
+    on.write_text("landscape: {enabled: true}\n")
+    jobs = dry_run_jobs(dry_run(tmp_path, "local-gpu", EXPERIMENTS / "llama2-7b.yaml", on).stdout)
+    [job] = [j for j in jobs if j["rule"] == "landscape"]
+    assert job["resources"]["gpu"] == "1" and "--dtype bfloat16" in job["shell"] and "--enabled" not in job["shell"]
+    assert job["shell"].startswith("exec python -m salsa.launch --gpus 1 ") and "-- salsa.landscape " in job["shell"]

@@ -146,3 +146,33 @@ def test_a_retry_after_a_stage_error_fails_at_once(tmp_path, fails_with):
     else:
         assert not marker.exists()
         assert retry.returncode == 0 and len(records(tmp_path)) == 1
+
+
+def test_the_workstation_profile_runs_two_one_gpu_jobs_on_two_gpus(tmp_path):
+    """The real workflow through profiles/local-gpu on a machine that says it has two GPUs: the two SFT jobs run
+    at once, each on a GPU of its own (each job's log starts with what salsa.launch gave it)."""
+    from test_workflow import DEFAULT, SNAKEMAKE, TINY
+
+    overlay = tmp_path / "sft-on-gpus.yaml"
+    overlay.write_text("resources:\n  sft: {gpus: 1}\n")
+    command = [arg for arg in SNAKEMAKE if arg not in ("--cores", "2")]
+    proc = subprocess.run([*command, "-d", str(tmp_path), "--profile", str(REPO / "profiles" / "local-gpu"),
+                           "--cores", "2", "--resources", "gpu=2", "--configfile", DEFAULT, TINY, str(overlay), "--",
+                           "results/tiny/sft/seed1", "results/tiny/sft/seed2"], cwd=REPO, capture_output=True,
+                          text=True, timeout=900, env=launch_env(tmp_path, SALSA_GPU_COUNT="2"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    given = [(tmp_path / f"results/tiny/logs/sft/seed{s}.log").read_text().splitlines()[0] for s in (1, 2)]
+    assert sorted(given) == ["salsa.launch: GPUs 0", "salsa.launch: GPUs 1"], given
+
+
+def test_a_port_another_program_listens_on_is_skipped(tmp_path):
+    import socket
+
+    from salsa import launch
+
+    with socket.socket() as busy:
+        busy.bind(("", launch.PORT_BASE))
+        busy.listen()
+        port = launch.take_port(tmp_path)
+        assert port > launch.PORT_BASE and launch.port_is_free(port)
+        assert not launch.port_is_free(launch.PORT_BASE)

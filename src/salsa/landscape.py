@@ -1,4 +1,4 @@
-"""Stage `landscape`: gold, proxy reward and KL along the line through two SFT models.
+"""Stage `landscape`: gold (where the task has one), proxy reward and KL along the line through two SFT models.
 
 SALSA's premise is that a soup of two fine-tunes sits in a better region
 than either ingredient. This stage makes that visible: for each alpha it
@@ -7,7 +7,8 @@ averaging (negative weights allowed here: alpha < 0 and alpha > 1 are the
 line beyond the ingredients), samples it on held-out in-distribution
 prompts and measures the gold reward, the normalised proxy reward and the
 sequence KL to each ingredient. alpha = 0 and 1 are the ingredients, 0.5 the
-uniform soup.
+uniform soup. Data without a gold reward (Hub data) compare the soup with the
+ingredients by the proxy reward instead, and say so in every output.
 
 Every alpha is sampled with the same seed on the same prompts (common random
 numbers), and the soup is compared with each ingredient by a paired bootstrap
@@ -90,7 +91,7 @@ def parameter_distance(a: Path, b: Path) -> float:
 
 def evaluate_line(config: LandscapeConfig, first: Path, second: Path, reward_dir: str, prompts: list[str],
                   work: Path) -> list[dict]:
-    """One record per alpha: metrics and the per-prompt gold rewards."""
+    """One record per alpha: metrics and the per-prompt scores (gold, or the proxy where there is no gold)."""
     from salsa.evaluate import evaluate_split
     from salsa.modeling import default_device, load_causal_lm, load_reward_model, load_tokenizer
     from salsa.ppo import gold_judge
@@ -104,8 +105,6 @@ def evaluate_line(config: LandscapeConfig, first: Path, second: Path, reward_dir
     ends = {"sft1": load_causal_lm(str(first), config.dtype).to(device).eval(),
             "sft2": load_causal_lm(str(second), config.dtype).to(device).eval()}
     gold = gold_judge(config.data)
-    if gold is None:
-        raise artifacts.StageError(f"{config.data}/task.json: the landscape needs a task with a gold reward")
     rows = []
     for alpha in config.alphas:
         point = work / f"alpha{alpha}"
@@ -118,8 +117,8 @@ def evaluate_line(config: LandscapeConfig, first: Path, second: Path, reward_dir
         rows.append({"alpha": alpha, "gold": metrics["gold"], "proxy": metrics["proxy"],
                      "kl_sft1": sum(r["kl_sft1"] for r in records) / len(records),
                      "kl_sft2": sum(r["kl_sft2"] for r in records) / len(records),
-                     "length": metrics["length"], "empty": metrics["empty"],
-                     "golds": [r["gold"] for r in records]})
+                     "length": metrics["length"], "empty": metrics["empty"], "metric": "gold" if gold else "proxy",
+                     "scores": [r["gold"] if gold else r["proxy"] for r in records]})
         print(f"landscape: alpha {alpha:+.2f}: gold {metrics['gold']:.3f}, proxy {metrics['proxy']:.3f}, "
               f"KL to SFT1 {rows[-1]['kl_sft1']:.2f}, to SFT2 {rows[-1]['kl_sft2']:.2f}")
         del model
@@ -127,7 +126,7 @@ def evaluate_line(config: LandscapeConfig, first: Path, second: Path, reward_dir
 
 
 def soup_comparison(rows: list[dict], n_boot: int, seed: int) -> dict:
-    by_alpha = {r["alpha"]: r["golds"] for r in rows}
+    by_alpha = {r["alpha"]: r["scores"] for r in rows}
     out = {}
     for name, alpha in (("sft1", 0.0), ("sft2", 1.0)):
         mean, lo, hi = paired_interval(by_alpha[SOUP_ALPHA], by_alpha[alpha], n_boot, seed)
@@ -152,17 +151,22 @@ def render(frame, comparisons: dict, distances: dict, config: LandscapeConfig) -
     lines = ["# Interpolation landscape", "",
              f"Models (1 - α)·SFT1 + α·SFT2 (α = 0: SFT1, 1: SFT2, 0.5: the uniform soup), sampled at temperature "
              f"{config.temperature} on {frame.n_prompts.iloc[0]} eval_id prompts with the same seed at every α. "
-             "gold ± 95% prompt-bootstrap half-width; KL = sequence KL on the model's own samples (nats).", ""]
+             f"± = 95% prompt-bootstrap half-width of {frame.metric.iloc[0]}; KL = sequence KL on the model's own "
+             "samples (nats)." + ("" if frame.metric.iloc[0] == "gold" else " No gold reward in these data: "
+                                  "the soup is compared by the proxy reward, the reward model it is trained against."),
+             ""]
     for label, group in frame.groupby("label", sort=False):
         d, c = distances[label], comparisons[label]
         lines += [f"## {label}", "",
                   f"Ingredients: parameter L2 distance {fmt(d['l2'])}; KL(SFT1‖SFT2) {fmt(d['kl_12'])}, "
                   f"KL(SFT2‖SFT1) {fmt(d['kl_21'])} nats.", "",
-                  "| α | gold | ± | proxy | KL to SFT1 | KL to SFT2 | length | empty |", "|---|---|---|---|---|---|---|---|"]
+                  f"| α | gold | ± ({group.metric.iloc[0]}) | proxy | KL to SFT1 | KL to SFT2 | length | empty |",
+                  "|---|---|---|---|---|---|---|---|"]
         for _, row in group.iterrows():
-            lines.append(f"| {row.alpha:g} | {fmt(row.gold)} | {fmt(row.gold_ci)} | {fmt(row.proxy)} | "
+            lines.append(f"| {row.alpha:g} | {fmt(row.gold)} | {fmt(row.score_ci)} | {fmt(row.proxy)} | "
                          f"{fmt(row.kl_sft1)} | {fmt(row.kl_sft2)} | {fmt(row.length)} | {fmt(row.empty)} |")
-        lines += ["", "Soup (α = 0.5) minus each ingredient, gold, paired over prompts (95% bootstrap):", "",
+        lines += ["", f"Soup (α = 0.5) minus each ingredient, {group.metric.iloc[0]}, paired over prompts "
+                  "(95% bootstrap):", "",
                   f"* soup − SFT1: {fmt(c['soup_minus_sft1'])} [{fmt(c['soup_minus_sft1_lo'])}, "
                   f"{fmt(c['soup_minus_sft1_hi'])}]",
                   f"* soup − SFT2: {fmt(c['soup_minus_sft2'])} [{fmt(c['soup_minus_sft2_lo'])}, "
@@ -180,9 +184,13 @@ def plot(frame, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for i, (label, group) in enumerate(frame.groupby("label", sort=False)):
         color = plt.get_cmap("tab10").colors[i % 10]
-        axes[0].errorbar(group.alpha, group.gold, yerr=group.gold_ci, color=color, marker="o", label=label,
-                         capsize=2)
-        axes[1].plot(group.alpha, group.proxy, color=color, marker="o", label=label)
+        if group.metric.iloc[0] == "gold":
+            axes[0].errorbar(group.alpha, group.gold, yerr=group.score_ci, color=color, marker="o", label=label,
+                             capsize=2)
+            axes[1].plot(group.alpha, group.proxy, color=color, marker="o", label=label)
+        else:   # no gold: the interval belongs to the proxy
+            axes[1].errorbar(group.alpha, group.proxy, yerr=group.score_ci, color=color, marker="o", label=label,
+                             capsize=2)
         axes[2].plot(group.alpha, group.kl_sft1, color=color, marker="o", label=f"{label}: KL to SFT1")
         axes[2].plot(group.alpha, group.kl_sft2, color=color, marker="s", linestyle="--",
                      label=f"{label}: KL to SFT2")
@@ -192,7 +200,10 @@ def plot(frame, path: Path) -> None:
         ax.set_xlabel("α  (0 = SFT1, 0.5 = soup, 1 = SFT2)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if not axes[0].lines:
+        axes[0].text(0.5, 0.5, "no gold reward in these data", transform=axes[0].transAxes, ha="center")
     fig.suptitle("Along the line SFT1 → SFT2 (shaded: between the ingredients)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -225,9 +236,9 @@ def main(argv: list[str] | None = None) -> None:
             distances[label] = {"l2": parameter_distance(first, second), "kl_12": by_alpha[0.0]["kl_sft2"],
                                 "kl_21": by_alpha[1.0]["kl_sft1"]}
             for row in rows:
-                golds = row.pop("golds")
-                _, lo, hi = paired_interval(golds, [0.0] * len(golds), config.n_boot, config.seed)
-                records.append({"label": label, **row, "gold_ci": (hi - lo) / 2, "n_prompts": len(golds)})
+                scores = row.pop("scores")
+                _, lo, hi = paired_interval(scores, [0.0] * len(scores), config.n_boot, config.seed)
+                records.append({"label": label, **row, "score_ci": (hi - lo) / 2, "n_prompts": len(scores)})
     frame = pd.DataFrame(records)
     with artifacts.atomic_dir(config.out) as tmp:
         frame.to_csv(tmp / "landscape.csv", index=False)

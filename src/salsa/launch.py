@@ -1,6 +1,6 @@
 """Start a stage where its job landed: its own GPUs and rendezvous port, one launcher per node.
 
-The rules call every GPU-capable stage through this module (rules/common.smk: launcher):
+The rules call every GPU-capable stage through this module (rules/jobs.smk: launcher):
 
   python -m salsa.launch --gpus 8 [--nodes 2] [--accelerate-config config/accelerate/ddp.yaml]
       --output results/x/sft/seed1 --attempt 1 -- salsa.sft --flags...
@@ -33,6 +33,7 @@ import getpass
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -129,10 +130,25 @@ def take_gpus(count: int, pool: list[str], directory: Path, wait_s: float = SLOT
         time.sleep(wait_s)
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # a port in TIME_WAIT is free for the store
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
 def take_port(directory: Path) -> int:
+    """The first port slot no other salsa job holds and no other program listens on."""
     for slot in range(PORT_SLOTS):
-        if _try_lock(directory / f"port-{slot}.lock") is not None:
+        fd = _try_lock(directory / f"port-{slot}.lock")
+        if fd is None:
+            continue
+        if port_is_free(PORT_BASE + slot):
             return PORT_BASE + slot
+        os.close(fd)   # someone else's process has it: keep looking
     raise LaunchError(f"all {PORT_SLOTS} rendezvous port slots of {directory} are taken")
 
 

@@ -38,7 +38,7 @@ def dry_run_jobs(output: str) -> list[dict]:
 
 
 def gpus_of(resources: dict) -> int:
-    """GPUs a job holds: `gpu`, or for a multi-node job --gpus-per-node x nodes (rules/common.smk)."""
+    """GPUs a job holds: `gpu`, or for a multi-node job --gpus-per-node x nodes (rules/jobs.smk)."""
     per_node = re.search(r"--gpus-per-node=(?:\w+:)?(\d+)", resources.get("slurm_extra", ""))
     if per_node:
         return int(per_node.group(1)) * int(resources.get("nodes", 1))
