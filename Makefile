@@ -12,7 +12,7 @@ TEST_WORKERS ?= $(CORES)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean-results
+.PHONY: run test rehearse install clean-results
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ run: $(STAMP)
 	@echo "Tables: results/toy/tables/summary.md"
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile -m 'not rehearsal'
+
+# Every shipped real-model overlay end to end on CPU fixtures (tests/rehearsal/test_rehearsal.py), one after another
+rehearse: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=0 -n 0 -m rehearsal tests/rehearsal
 
 clean-results:
 	rm -rf results/toy .snakemake

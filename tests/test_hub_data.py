@@ -132,3 +132,28 @@ def test_a_missing_source_names_itself(tmp_path):
         hub_data.load_rows(str(tmp_path / "nowhere"), "train_sft")
     with pytest.raises(artifacts.StageError, match=r"no train_sft\.jsonl"):
         hub_data.load_rows(str(tmp_path), "train_sft")
+
+
+def test_offline_a_hub_id_is_read_from_its_snapshot_in_the_hf_cache(tmp_path, monkeypatch):
+    """`datasets` offline reads only its own processed cache; a `huggingface-cli download` snapshot (blobs,
+    snapshots/<commit>, refs/main) of the repo's parquet shards must serve the Hub id as it is."""
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "datasets--HuggingFaceH4--ultrafeedback_binarized"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / commit / "data"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for split, n in (("train_prefs", 5), ("test_prefs", 3)):
+        blob = blobs / f"{split}-blob"
+        Dataset.from_list(ultrafeedback_rows(split, n)).to_parquet(str(blob))
+        (snapshot / f"{split}-00000-of-00001-5a1b2c3d4e5f6a7b.parquet").symlink_to(f"../../../blobs/{blob.name}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    rows = hub_data.load_rows("HuggingFaceH4/ultrafeedback_binarized", "test_prefs")
+    assert len(rows) == 4 and rows.get(0)[0]["prompt"] == "test_prefs prompt 0"
+    assert "test_prefs-00000-of-00001" in rows.get(0)[1]       # errors name the cached file
+    with pytest.raises(artifacts.StageError, match="cannot load from the Hub"):   # not cached: as before
+        hub_data.load_rows("HuggingFaceH4/ultrachat_200k", "train_sft")

@@ -128,6 +128,14 @@ def test_power_with_one_seed_per_replicate_counts_replicates_only():
     assert "±0.038" in power and "Halving the interval takes 5 replicates instead of 3" in power
 
 
+def test_power_without_gold_says_nothing_and_does_not_crash():
+    # Hub data has no gold reward: every gold_id is NaN, so no replicate has a seed to count
+    frame = run_frame({"ppo": [math.nan], "salsa": [math.nan]})
+    comparisons = tables.compare_methods(frame, "ppo", ["gold_id"])
+    assert math.isnan(comparisons.iloc[0].seeds)
+    assert tables.render_power(comparisons, "salsa") == []
+
+
 def test_pairs_replace_the_partner_and_contrasts_difference_two_differences():
     # per replicate (seed means): salsa - ppo = 0.05, 0.03; salsa_seedonly - ppo_seedonly = 0.01, 0.02
     # contrast per replicate 0.04, 0.01 -> mean 0.025, sd 0.021213, half-width t(1) 12.7062 * 0.015 = 0.19059

@@ -15,6 +15,7 @@ there is no gold judge for real prompts, and PPO/evaluate run without one.
 Every dataset argument is a Hub id or a local path: a directory saved with
 save_to_disk, a .json/.jsonl/.parquet file, or a directory holding
 <split>.jsonl / <split>-*.parquet files (the Hub repositories' own layout).
+With HF_HUB_OFFLINE=1 a Hub id is read from its snapshot in the HF cache.
 Rows are visited in a seeded random order and kept until each split has its
 quota, so a subsample is a pure function of the seed and the source data.
 Rows that are well-formed but unusable (empty turns, no assistant reply,
@@ -140,6 +141,24 @@ def _read_file(path: Path) -> tuple[Any, Callable[[int], str]]:
     raise StageError(f"{path}: unsupported file type (use .jsonl, .json or .parquet)")
 
 
+def offline_snapshot(source: str, revision: str = "") -> Path | None:
+    """Offline (HF_HUB_OFFLINE=1), a Hub id's snapshot (at `revision`) in the HF cache, or None.
+
+    `datasets` offline reads only its own processed cache, not the Hub cache that `huggingface-cli
+    download --repo-type dataset` (or a login node's load_dataset) fills; that snapshot is the repo's
+    own layout, which the directory branch of load_rows reads.
+    """
+    from huggingface_hub import constants, snapshot_download
+
+    if not constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        return Path(snapshot_download(source, repo_type="dataset", revision=revision or None,
+                                      local_files_only=True))
+    except Exception:  # not in the cache: load_dataset below says so in its own words
+        return None
+
+
 def load_rows(source: str, split: str, revision: str = "") -> Rows:
     """One split of a Hub dataset (at `revision` when given) or of a local copy of it."""
     path = Path(source)
@@ -165,6 +184,9 @@ def load_rows(source: str, split: str, revision: str = "") -> Rows:
         return Rows([_read_file(p) for p in files])
     if source.startswith((".", "/")) or source.count("/") != 1:
         raise StageError(f"{source}: no such file or directory (nor a Hub dataset id)")
+    snapshot = offline_snapshot(source, revision)
+    if snapshot is not None:
+        return load_rows(str(snapshot), split)
     from datasets import load_dataset
 
     try:

@@ -357,6 +357,8 @@ def render_power(comparisons: pd.DataFrame, primary: str) -> list[str]:
                        & comparisons.method.map(lambda m: stats.split_sweep(m)[0] == primary)]
     lines = []
     for _, row in rows.iterrows():
+        if math.isnan(row.seeds):   # no gold (Hub data): nothing to resolve
+            continue
         replicates, seeds = int(row.replicates), int(round(row.seeds))
         if replicates > 1 and seeds < 2 and not math.isnan(row.var_replicate_means):
             # one seed per replicate: the two variance levels cannot be told apart, only replicates can shrink it
