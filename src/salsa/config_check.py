@@ -281,10 +281,46 @@ def _check_dpo_and_warm(config: dict) -> Iterator[str]:
                        f"reward/<name> (defined: {_choices([r for r in rewards if not r.startswith('reward_soup/')])})")
 
 
+def _sharded(config: dict, stage: str) -> str | None:
+    """The accelerate config a stage runs under when it shards weights (ZeRO-3 / FSDP over >1 GPU), else None."""
+    table = config.get("resources") or {}
+    def lookup(key):
+        value = (table.get(stage) or {}).get(key)
+        return value if value is not None else (table.get("default") or {}).get(key)
+    name = str(lookup("accelerate_config") or "ddp")
+    gpus = int(lookup("gpus") or 0) * int(lookup("nodes") or 1)
+    return name if gpus > 1 and ("deepspeed" in name or "fsdp" in name) else None
+
+
+def _check_backends(config: dict) -> Iterator[str]:
+    """What a sharded backend cannot do (salsa.distributed), refused before any job runs."""
+    for stage in ("base_model", "sft"):
+        backend = _sharded(config, stage)
+        if backend and (config.get(stage) or {}).get("lora_r", 0) > 0:
+            yield (f"{stage}.lora_r: LoRA is merged on one process; resources.{stage}.accelerate_config {backend} "
+                   "shards the weights (use ddp, or lora_r 0)")
+    checks = (("ppo", ppo_methods(config)),
+              ("dpo", {n: {**((config.get("dpo") or {}).get("params") or {}), **(m.get("params") or {})}
+                       for n, m in (((config.get("dpo") or {}).get("methods")) or {}).items()}))
+    for stage, methods in checks:
+        backend = _sharded(config, stage)
+        if not backend:
+            continue
+        for name, params in methods.items():
+            for key in ("lora_r", "value_lora_r"):
+                if params.get(key, 0) > 0:
+                    yield (f"{stage} (method {name}): {key} {params[key]}: LoRA is merged on one process; "
+                           f"resources.{stage}.accelerate_config {backend} shards the weights (use ddp)")
+            if params.get("anchor", "none") != "none":
+                yield (f"ppo (method {name}): anchor {params['anchor']} copies the policy's weights after each "
+                       f"update; resources.ppo.accelerate_config {backend} shards them (use ddp)")
+
+
 def problems(config: dict, schema: dict, workdir: str | Path = ".") -> list[str]:
     """Every problem of an already schema-validated config, one line each."""
     return [*_check_models(config), *_check_ppo(config, schema), *_check_sft_extra(config, schema),
-            *_check_soups(config), *_check_paths(config, Path(workdir)), *_check_dpo_and_warm(config)]
+            *_check_soups(config), *_check_paths(config, Path(workdir)), *_check_dpo_and_warm(config),
+            *_check_backends(config)]
 
 
 def check_config(config: dict, schema_file: str | Path, workdir: str | Path = ".") -> None:
