@@ -137,6 +137,20 @@ def _check_models(config: dict) -> Iterator[str]:
             for name in group:
                 if name not in compared:
                     yield f"tables.{key}[{i}]: {name!r} is not a method (methods: {_choices(compared)})"
+    yield from _check_endpoints(tables, methods, compared)
+
+
+def _check_endpoints(tables: dict, methods: list[str], compared: list[str]) -> Iterator[str]:
+    """tables.primary / tables.secondary name methods that run (families for matched KL)."""
+    families = {re.sub(r"-[A-Za-z_]+?[-+.0-9][-+.0-9eE]*$", "", m) for m in compared}
+    reference = tables.get("reference_method") or (methods[0] if methods else "")
+    declared = [("tables.primary", tables.get("primary") or {})]
+    declared += [(f"tables.secondary[{i}]", e) for i, e in enumerate(tables.get("secondary") or [])]
+    for key, endpoint in declared:
+        matched = str(endpoint.get("at", "")).startswith("matched_kl")
+        for field, name in (("method", endpoint.get("method", "salsa")), ("vs", endpoint.get("vs", reference))):
+            if name not in compared and not (matched and name in families):
+                yield f"{key}.{field}: {name!r} is not a method (methods: {_choices(compared)})"
 
 
 def _check_ppo(config: dict, schema: dict) -> Iterator[str]:
