@@ -1,11 +1,3 @@
-def endpoint_spec(endpoint):
-    """tables.primary / a tables.secondary entry -> metric:method:vs[:at] (salsa.preregistration)."""
-    tables = config.get("tables", {})
-    vs = endpoint.get("vs", tables.get("reference_method", next(iter(PPO_METHODS))))
-    parts = [endpoint.get("metric", "gold_id"), endpoint.get("method", "salsa"), vs, endpoint.get("at", "")]
-    return ":".join(parts).rstrip(":")
-
-
 rule tables:
     input:
         evals=[result("eval", m) for m in evaluated_models()],

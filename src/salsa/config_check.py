@@ -58,7 +58,15 @@ def ppo_methods(config: dict) -> dict[str, dict]:
         for key, values in sweep.items():
             for value in values if isinstance(values, list) else []:
                 methods[f"{name}-{key}{value}"] = {**params, key: value}
-    return methods
+    return {**methods, **{arm: {**methods.get(base, {}), "kl_coef": value}
+                          for arm, (base, value) in kl_arm_names(ppo).items()}}
+
+
+def kl_arm_names(ppo: dict) -> dict[str, tuple[str, float]]:
+    """ppo.kl_arms {ppo: [0.02]} -> {'ppo-kl_coef0.02': ('ppo', 0.02)}: the method again at another β, named as
+    a sweep names it, so the tables see one family (rules/common.smk runs these beside the methods)."""
+    return {f"{base}-kl_coef{value}": (base, value) for base, values in (ppo.get("kl_arms") or {}).items()
+            for value in values or []}
 
 
 def evaluated_models(config: dict) -> list[str]:
@@ -93,6 +101,9 @@ def _check_models(config: dict) -> Iterator[str]:
         if isinstance(value, str) and value not in allowed:
             yield f"{key}: {value!r} is not a defined model (defined: {_choices(allowed)})"
 
+    for arm, (base, _) in kl_arm_names(config.get("ppo", {})).items():
+        if base not in (config.get("ppo", {}).get("methods") or {}):
+            yield f"ppo.kl_arms.{base}: not a PPO method (arm {arm})"
     for name, spec in (config.get("ppo", {}).get("methods") or {}).items():
         for field in ("init", "reference"):
             yield from refs(f"ppo.methods.{name}.{field}", spec.get(field), defined)
