@@ -182,3 +182,13 @@ def test_bootstrap_interval_is_at_the_requested_level():
     assert lower == pytest.approx(0.40, abs=0.006) and upper == pytest.approx(0.60, abs=0.006)
     _, lower90, upper90 = stats.bootstrap_mean(values, 20000, seed=0, level=0.9)
     assert lower90 == pytest.approx(0.42, abs=0.006) and upper90 == pytest.approx(0.58, abs=0.006)
+
+
+def test_replicates_for_a_target_half_width():
+    # sd 0.007, target 0.01: t(3) 3.1824 * 0.007 / 2 = 0.01114 > 0.01; t(4) 2.7764 * 0.007 / sqrt(5) = 0.00869
+    assert stats.replicates_for_half_width(0.007, 0.01) == 5
+    # with 80% assurance over the sample sd: n = 5 gives P(chi2_4 <= 4 (0.01 sqrt(5) / (2.7764 * 0.007))^2)
+    # = P(chi2_4 <= 5.295) = 0.742 < 0.8; n = 6: P(chi2_5 <= 5 (0.01 sqrt(6) / (2.5706 * 0.007))^2 = 9.265) = 0.901
+    from scipy.stats import chi2
+    assert chi2.cdf(5.295, 4) == pytest.approx(0.742, abs=1e-3) and chi2.cdf(9.265, 5) == pytest.approx(0.901, abs=1e-3)
+    assert stats.replicates_for_half_width(0.007, 0.01, assurance=0.8) == 6

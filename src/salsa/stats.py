@@ -237,6 +237,18 @@ def halving_cost(var_between: float, var_within: float, replicates: int, seeds: 
             "replicates_needed": more_replicates}
 
 
+def replicates_for_half_width(sd: float, target: float, assurance: float = 0.0, level: float = LEVEL,
+                              limit: int = 1000) -> int | None:
+    """The fewest units n whose t-interval half-width t(n-1) s / sqrt(n) is at most `target` when the
+    per-unit standard deviation is `sd`: with assurance 0 at s = sd, else with probability >= `assurance`
+    over the sample s (s^2 ~ sd^2 chi2(n-1) / (n-1)). None if `limit` units do not reach it."""
+    for n in range(2, limit):
+        bound = target * math.sqrt(n) / t_quantile(n - 1, level)  # the largest s that meets the target
+        if (scipy_stats.chi2.cdf((n - 1) * (bound / sd) ** 2, n - 1) >= assurance) if assurance else bound >= sd:
+            return n
+    return None
+
+
 def power_two_sided(delta: float, se: float, df: float, level: float = LEVEL) -> float:
     """Exact power of the two-sided t-test at `level` when the true difference is `delta`: the statistic
     follows a noncentral t with `df` degrees of freedom and noncentrality delta / se."""
