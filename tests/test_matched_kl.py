@@ -102,3 +102,13 @@ def test_two_curves_with_a_known_gap_on_the_kl_to_the_own_reference():
     np.testing.assert_allclose(result["diff"], 0.05, atol=0.01)
     assert (result.lower < 0.05).all() and (result.upper > 0.05).all() and result.excludes_zero.all()
     assert (result.axis_label == "KL to the run's own reference").all()
+
+
+def test_the_summary_sizes_the_replicates_from_the_matched_difference():
+    from salsa.summary_sections import render_matched
+
+    text = "\n".join(render_matched(matched_kl.matched_kl(replicated(), "salsa", "ppo")))
+    sd = np.std([0.03, 0.02, 0.06], ddof=1)  # 0.0208
+    # smallest n with t(n-1) sd / sqrt(n) <= 0.01, found here with scipy's t quantiles
+    expected = next(n for n in range(2, 100) if scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) <= 0.01)
+    assert f"per-replicate sd {sd:.4f}; ±0.01 takes {expected} replicates" in text

@@ -73,6 +73,17 @@ def render_comparisons(comparisons: pd.DataFrame, reference_method: str, metrics
     return lines
 
 
+TARGET = 0.01  # the half-width the decisive overlay is sized for (docs/results.md "Design and power")
+
+
+def replicates_for_target(sd: float) -> str:
+    """'N replicates' for a half-width of TARGET from a per-replicate sd: expected, and with 80% assurance."""
+    expected = stats.replicates_for_half_width(sd, TARGET)
+    sure = stats.replicates_for_half_width(sd, TARGET, assurance=0.8)
+    return (f"±{TARGET:g} takes {expected or '> 1000'} replicates at this sd "
+            f"({sure or '> 1000'} for 80% assurance that the realised interval is that narrow)")
+
+
 def power_line(row: pd.Series) -> str | None:
     """What the design resolves for one comparison: its half-width, the difference detected with 80% power
     (exact, noncentral t) and the replicates (or seeds) that would halve the interval. The variance is the
@@ -86,7 +97,8 @@ def power_line(row: pd.Series) -> str | None:
         se = math.sqrt(row.var_replicate_means / replicates)
         text = (f"{head}; a true difference of {fmt(stats.detectable_at_power(se, replicates - 1), 4)} is detected "
                 f"with 80% power (exact, noncentral t, df {replicates - 1}). Halving the interval takes "
-                f"{cost['replicates_needed']} replicates instead of {replicates}.")
+                f"{cost['replicates_needed']} replicates instead of {replicates}; "
+                f"{replicates_for_target(math.sqrt(row.var_replicate_means))}.")
         share = stats.variance_share(row.var_replicate_means, row.var_within, seeds, replicates,
                                      row.get("within_df", math.nan))
         if seeds < 2 or math.isnan(share["share"]):
@@ -126,6 +138,10 @@ def render_matched(matched: pd.DataFrame) -> list[str]:
         lines += [markdown_table(covered, ["family", "vs", "axis_label", "kl", "gold_id", "vs_gold_id", "interval",
                                            "unit", "fit_degree", "vs_fit_degree", "curve_kl_below",
                                            "curve_kl_above"]), ""]
+    for _, row in covered[covered.replicates > 1].iterrows() if len(covered) else []:
+        sd = row.diff_ci * math.sqrt(row.replicates) / stats.t_quantile(row.replicates - 1)
+        lines.append(f"* `{row.family}` − `{row.vs}` at KL {fmt(row.kl)} ({row.axis_label}): per-replicate sd "
+                     f"{fmt(sd, 4)}; {replicates_for_target(sd)}.")
     for _, row in matched[matched.note != ""].iterrows():
         lines.append(f"* `{row.family}` vs `{row.vs}` ({row.axis_label}): {row.note}.")
     return lines + [""]
