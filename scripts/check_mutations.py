@@ -47,6 +47,10 @@ M = [
  ("percentile interval printed as ±", "src/salsa/tables.py",
   "            single[f\"{m} (95% CI)\"] = [bracket(v, lo, hi) for v, lo, hi in",
   "            single[f\"{m} (95% CI)\"] = [pm(v, (hi - lo) / 2) for v, lo, hi in", "tests/test_tables.py"),
+ ("reward stage ignores --init-head (a fresh head per seed)", "src/salsa/reward.py",
+  "        load_head(model, config.init_head)", "        pass", "tests/test_warm.py"),
+ ("probe head never trained", "src/salsa/reward_probe.py",
+  "        optimizer.step()", "        pass", "tests/test_warm.py"),
 ]
 only = sys.argv[1:]
 missed = []

@@ -36,6 +36,8 @@ class RewardConfig:
     out: str = arg(help="output reward-model directory")
     normalize_policy: str = arg("", help="policy whose samples define mean 0 / std 1 (empty: skip, gain 1 bias 0)")
     seed: int = arg(0, help="data order and score-head init")
+    init_head: str = arg("", help="start the score head from this file (salsa.reward_probe's score_head.safetensors: "
+                         "WARM's shared linear probe) instead of a fresh one from --seed")
     steps: int = arg(300, help="optimiser steps")
     batch_size: int = arg(32, help="preference pairs per step")
     lr: float = arg(1e-3, help="peak learning rate")
@@ -150,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     model = load_reward_model(config.model, config.dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
+    if config.init_head:  # WARM: every replica fine-tuned from one linear-probed head
+        from salsa.reward_probe import load_head
+        load_head(model, config.init_head)
 
     accelerator = training.make_accelerator(mixed_precision_mode(config.dtype, config.mixed_precision), config.seed,
                                             training.experiment_trackers(config))
