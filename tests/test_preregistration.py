@@ -55,3 +55,19 @@ def test_endpoints_that_name_nothing_are_refused():
     with pytest.raises(tables.artifacts.StageError, match="no evaluated start"):
         preregistration.evaluate(preregistration.Endpoint("gold_id", "salsa", "ppo", "gain_over_start"), data,
                                  tables.ppo_runs(data), {})
+
+
+def test_the_config_check_names_an_endpoint_or_arm_that_names_nothing():
+    from salsa import config_check
+
+    methods = ["ppo", "salsa", "ppo-kl_coef0.02"]
+    tables_block = {"primary": {"method": "salsa_typo", "vs": "ppo"},
+                    "secondary": [{"method": "salsa", "vs": "ppo", "at": "matched_kl_sft"},   # a family: fine
+                                  {"method": "salsa", "vs": "pp0"}]}
+    found = list(config_check._check_endpoints(tables_block, methods, methods))
+    assert found == ["tables.primary.method: 'salsa_typo' is not a method (methods: ppo, salsa, ppo-kl_coef0.02)",
+                     "tables.secondary[1].vs: 'pp0' is not a method (methods: ppo, salsa, ppo-kl_coef0.02)"]
+    config = {"ppo": {"methods": {"ppo": {"init": "sft/seed1", "reference": "sft/seed1"}},
+                      "kl_arms": {"ppo": [0.02], "salsa": [0.1]}}}
+    assert list(config_check.ppo_methods(config)) == ["ppo", "ppo-kl_coef0.02", "salsa-kl_coef0.1"]
+    assert "ppo.kl_arms.salsa: not a PPO method (arm salsa-kl_coef0.1)" in list(config_check._check_models(config))
