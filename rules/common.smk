@@ -186,7 +186,13 @@ def expand_methods(block):
 
 
 def ppo_methods():
-    return expand_methods(config["ppo"])
+    """The methods, plus each ppo.kl_arms entry: the method again at another kl_coef (ppo-kl_coef0.02)."""
+    from salsa.config_check import kl_arm_names
+
+    methods = expand_methods(config["ppo"])
+    arms = {arm: {**methods[base], "params": {**methods[base]["params"], "kl_coef": value}}
+            for arm, (base, value) in kl_arm_names(config["ppo"]).items()}
+    return {**methods, **arms}
 
 
 PPO_METHODS = ppo_methods()
@@ -331,3 +337,11 @@ def judge_baseline(benchmark, model=""):
     if not baseline:
         return []
     return [result("bench", benchmark, in_replicate(baseline, split_replicate(model)[0]), "answers.jsonl")]
+
+
+def endpoint_spec(endpoint):
+    """tables.primary / a tables.secondary entry -> metric:method:vs[:at] (salsa.preregistration)."""
+    tables = config.get("tables", {})
+    vs = endpoint.get("vs", tables.get("reference_method", next(iter(PPO_METHODS))))
+    parts = [endpoint.get("metric", "gold_id"), endpoint.get("method", "salsa"), vs, endpoint.get("at", "")]
+    return ":".join(parts).rstrip(":")

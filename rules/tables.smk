@@ -4,10 +4,13 @@ rule tables:
         runs=[model_dir(r) for r in ppo_run_ids()],
         judged=[result("bench", b, m, "judged") for b in enabled_benchmarks() for m in benchmark_models(b)],
         rewards=[result(r) for r in reward_model_ids()],
-        src=src("tables", "stats", "plots", "reward_report", "same_prompts", "benchmarks.win_rate"),
+        src=src("tables", "stats", "plots", "reward_report", "same_prompts", "benchmarks.win_rate", "matched_kl",
+                "preregistration", "summary_sections"),
     output:
         summary=report(result("tables", "summary.md"), category="Summary"),
         csv=report(result("tables", "summary.csv"), category="Summary"),
+        endpoints=report(result("tables", "endpoints.csv"), category="Summary"),
+        reward_model_pairs=result("tables", "reward_model_pairs.csv"),
         comparisons=report(result("tables", "comparisons.csv"), category="Summary",
                            caption="../docs/report/comparisons.rst"),
         matched_kl=report(result("tables", "matched_kl.csv"), category="Summary",
@@ -33,6 +36,9 @@ rule tables:
         rewards=reward_model_ids(),
         pairs=" ".join(":".join(p) for p in config.get("tables", {}).get("pairs", [])),
         contrasts=" ".join(":".join(c) for c in config.get("tables", {}).get("contrasts", [])),
+        primary=endpoint_spec(config.get("tables", {}).get("primary", {})),
+        secondary=" ".join(endpoint_spec(e) for e in config.get("tables", {}).get("secondary", [])),
+        alpha=config.get("tables", {}).get("primary", {}).get("alpha", 0.05),
     log:
         result("logs", "tables.log"),
     resources:
@@ -42,4 +48,5 @@ rule tables:
     shell:
         "exec python -m salsa.tables --results {params.results} --models {params.models} --baseline {params.baseline}"
         " --reference-method {params.reference_method} --reward-models {params.rewards} --pairs {params.pairs}"
-        " --contrasts {params.contrasts} --out {params.out} > {log} 2>&1"
+        " --contrasts {params.contrasts} --primary {params.primary} --secondary {params.secondary}"
+        " --alpha {params.alpha} --out {params.out} > {log} 2>&1"

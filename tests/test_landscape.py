@@ -13,6 +13,13 @@ def test_paired_interval_is_paired():
     assert mean == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
 
 
+def test_paired_interval_is_at_95_percent():
+    # 0/1 differences: a bootstrap mean is Binomial(100, 0.5) / 100, quantiles 0.40 and 0.60 at 2.5% / 97.5%
+    # (scipy.stats.binom.ppf); an 80% interval would be [0.44, 0.56], a 90% one [0.42, 0.58]
+    mean, lo, hi = landscape.paired_interval([0.0, 1.0] * 50, [0.0] * 100, n_boot=4000, seed=0)
+    assert mean == 0.5 and lo == pytest.approx(0.40, abs=0.011) and hi == pytest.approx(0.60, abs=0.011)
+
+
 def test_soup_comparison_picks_the_better_ingredient_and_says_what_the_data_show():
     n = 200
     rows = [{"alpha": 0.0, "scores": [0.6] * n}, {"alpha": 1.0, "scores": [0.7] * n},

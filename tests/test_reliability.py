@@ -207,7 +207,11 @@ def test_existing_hub_ids_and_local_paths_pass(tmp_path):
                        "sft": {"extra": {"long2x": {"seed": 1, "steps": 1200}}},
                        "ppo": {"methods": {"salsa": {"init": "soup/w", "reference": "soup/w",
                                                      "sweep": {"kl_coef": [0.0, 0.1]}}}},
-                       "tables": {"reference_method": "salsa-kl_coef0.1", "baseline": "ppo/ppo/seed2"}})
+                       # salsa is swept here: what the default config says about `salsa` is said again
+                       "benchmarks": {"embedded_mt": {"models": ["ppo/salsa-kl_coef0.1/seed1"]},
+                                      "embedded_arena": {"models": ["ppo/salsa-kl_coef0.1/seed1"]}},
+                       "tables": {"reference_method": "salsa-kl_coef0.1", "baseline": "ppo/ppo/seed1",
+                                  "primary": {"method": "salsa-kl_coef0.1", "vs": "ppo"}, "secondary": []}})
     assert config_check.problems(config, SCHEMA, tmp_path) == []
 
 

@@ -55,3 +55,26 @@ def test_a_run_whose_reward_model_is_not_listed_is_refused(results):
     root, frame = results
     with pytest.raises(tables.artifacts.StageError, match="reward_soup/uniform"):
         reward_report.reward_models_frame(root, ["reward_model"], frame)
+
+
+def test_reward_models_are_compared_with_mcnemar_on_the_shared_pairs(tmp_path):
+    # per-pair scores as the reward stage writes them (reward_eval.json eval.correct, prefs_eval order):
+    # 15 pairs only the soup ranks right, 5 only the ingredient -> exact McNemar p = 0.0413895 (by hand:
+    # 2 * 21700 / 2^20); an interval-overlap or unpaired comparison of 0.75 vs 0.65 would not see the pairing
+    soup = [1] * 15 + [0] * 5 + [1] * 60 + [0] * 20
+    ingredient = [0] * 15 + [1] * 5 + [1] * 60 + [0] * 20
+    for reward, correct in (("reward_soup/uniform", soup), ("reward_model", ingredient), ("reward/seed2", None)):
+        (tmp_path / reward).mkdir(parents=True)
+        held_out = {"accuracy": 0.7, "pairs": 100, **({"correct": correct} if correct else {})}
+        (tmp_path / reward / "reward_eval.json").write_text(json.dumps({"eval": held_out}))
+    table = reward_report.pair_tests(tmp_path, ["reward_soup/uniform", "reward_model", "reward/seed2"])
+    first = table.iloc[0]
+    assert (first.reward, first.vs) == ("reward_soup/uniform", "reward_model")
+    assert first.p == pytest.approx(0.0413895, abs=1e-6) and first["diff"] == pytest.approx(0.10)
+    assert (first.only_a, first.only_b) == (15, 5)
+    assert table.note.iloc[1].startswith("no per-pair scores")  # a model without them is not tested
+    text = "\n".join(reward_report.render_pair_tests(table, tables.fmt))
+    assert "| reward_soup/uniform | reward_model | 0.100 ± 0.085 | 15.0 | 5.0 | 0.0414 |" in text
+    (tmp_path / "reward_model" / "reward_eval.json").write_text(json.dumps({"eval": {"correct": [1, 0]}}))
+    with pytest.raises(tables.artifacts.StageError, match="not the same held-out pairs"):
+        reward_report.pair_tests(tmp_path, ["reward_soup/uniform", "reward_model"])

@@ -116,53 +116,79 @@ def test_halving_cost_counts_the_t_quantile_and_the_level_that_dominates():
     assert outer["seeds_needed"] is None and outer["replicates_needed"] == 5
 
 
-def test_detectable_difference_at_80_percent_power():
-    # (t_0.975(10) + t_0.8(10)) * se with t_0.8(10) = 0.8790578
-    assert stats.detectable_at_power(0.1, 10) == pytest.approx((2.2281389 + 0.8790578) * 0.1, abs=1e-6)
+def noncentral_power(delta, se, df):
+    """Power of the two-sided 5% t-test, straight from scipy's noncentral t (not salsa.stats)."""
+    from scipy.stats import nct, t
+    critical = t.ppf(0.975, df)
+    return nct.sf(critical, df, delta / se) + nct.sf(critical, df, -delta / se)  # upper + lower rejection
 
 
-def curve_runs(family, shift, kls_by_beta, noise=0.0):
-    """Runs whose gold is an exact quadratic in sqrt(KL) (peak 0.8 at KL 1), plus a fixed +-noise pattern."""
-    rows = []
-    for beta, kls in kls_by_beta.items():
-        for i, kl in enumerate(kls):
-            gold = 0.8 - 0.1 * (math.sqrt(kl) - 1) ** 2 + shift + noise * (-1) ** i
-            rows.append({"family": family, "stratum": beta, "kl_sft_id": kl, "gold_id": gold})
-    return rows
+@pytest.mark.parametrize("df", [1, 2, 10])
+def test_detectable_difference_has_exactly_80_percent_power(df):
+    detected = stats.detectable_at_power(0.01, df)
+    assert noncentral_power(detected, 0.01, df) == pytest.approx(0.8, abs=1e-6)
+    # the shortcut (t_0.975 + t_0.8) se falls short at few df: at df 1 about 73% power, not 80%
+    shortcut = (stats.t_quantile(df) + __import__("scipy.stats").stats.t.ppf(0.8, df)) * 0.01
+    assert (detected > shortcut + 1e-4) if df < 10 else detected == pytest.approx(shortcut, rel=0.02)
+    if df == 1:
+        assert noncentral_power(shortcut, 0.01, 1) == pytest.approx(0.73, abs=0.01)
+        assert detected / shortcut == pytest.approx(1.16, abs=0.005)  # the review: 0.061 -> about 0.070
 
 
-def test_fit_curve_recovers_a_quadratic_in_sqrt_kl():
-    kl = np.array([0.25, 1.0, 4.0, 9.0])
-    coefficients = stats.fit_curve(kl, 0.8 - 0.1 * (np.sqrt(kl) - 1) ** 2, 2)
-    np.testing.assert_allclose(coefficients, [-0.1, 0.2, 0.7], atol=1e-10)
-    assert [stats.fit_degree(n) for n in (1, 2, 3, 5)] == [0, 1, 2, 2]
+def test_variance_share_and_its_f_interval():
+    # the review's case: 2 replicates x 2 paired seeds, F(1, 2) = 2.53 -> share 1 - 1/F = 60%, 95% CI [0, 99.95%]
+    share = stats.variance_share(1.265, 1.0, seeds=2, replicates=2, within_df=2)
+    assert share["F"] == pytest.approx(2.53)
+    assert share["share"] == pytest.approx(1 - 1 / 2.53)
+    assert share["share_lower"] == 0.0
+    # F_0.025(1, 2) = 1 / F_0.975(2, 1) = 1 / 799.5
+    assert share["share_upper"] == pytest.approx(1 - (1 / 799.5) / 2.53, abs=1e-6)
+    assert share["F_p"] == pytest.approx(0.2522, abs=1e-3)
+    # a clear between-replicate share: 5 replicates x 3 seeds, F = 3 * 0.02 / 0.004 = 15 on (4, 10) df;
+    # F_0.975(4, 10) = 4.4683, F_0.025(4, 10) = 0.11307 (textbook tables)
+    clear = stats.variance_share(0.02, 0.004, seeds=3, replicates=5, within_df=10)
+    assert clear["share"] == pytest.approx(14 / 15)
+    assert clear["share_lower"] == pytest.approx(1 - 4.4683 / 15, abs=1e-4)
+    assert clear["share_upper"] == pytest.approx(1 - 0.11307 / 15, abs=1e-4)
+    assert math.isnan(stats.variance_share(0.02, math.nan, 1, 5, math.nan)["share"])  # one seed: not separable
 
 
-def test_matched_kl_finds_a_known_gap_inside_the_common_range():
-    betas_a = {"b0.05": [3.0, 3.3, 3.6], "b0.1": [1.0, 1.1, 1.2], "b0.2": [0.4, 0.5, 0.6]}
-    betas_b = {"b0.05": [6.0, 6.5, 7.0], "b0.1": [2.0, 2.2, 2.4], "b0.2": [0.8, 0.9, 1.0]}
-    frame = pd.DataFrame(curve_runs("salsa", 0.05, betas_a, noise=0.005) + curve_runs("ppo", 0.0, betas_b,
-                                                                                       noise=0.005))
-    result = stats.matched_kl(frame, "salsa", "ppo", n_boot=200, seed=1)
-    assert result.kl.min() == pytest.approx(0.8) and result.kl.max() == pytest.approx(3.6)  # the overlap only
-    assert (result.fit_degree == 2).all()
-    np.testing.assert_allclose(result["diff"], 0.05, atol=0.01)
-    assert (result.lower < 0.05).all() and (result.upper > 0.05).all() and result.excludes_zero.all()
-    again = stats.matched_kl(frame, "salsa", "ppo", n_boot=200, seed=1)
-    pd.testing.assert_frame_equal(result, again)
+def test_replicate_difference_reports_the_within_degrees_of_freedom():
+    # 3 replicates x 2 paired seeds: 1 df each
+    assert stats.replicate_difference(replicated_frame(), "gold_id", "salsa", "ppo")["within_df"] == 3
 
 
-def test_matched_kl_says_when_ranges_do_not_overlap():
-    frame = pd.DataFrame(curve_runs("salsa", 0.0, {"": [0.5, 0.6, 0.7]}) + curve_runs("ppo", 0.0, {"": [2.0, 2.1]}))
-    result = stats.matched_kl(frame, "salsa", "ppo", n_boot=50)
-    assert len(result) == 1 and result.note.item() == "KL ranges do not overlap"
+def test_mcnemar_uses_only_the_discordant_pairs():
+    # 100 pairs: 15 only a ranks right, 5 only b, 60 both, 20 neither. Exact McNemar: 2 P(X <= 5 | 20, 1/2)
+    # = 2 (1 + 20 + 190 + 1140 + 4845 + 15504) / 2^20 = 0.0413895. An unpaired test of 0.75 vs 0.65 would
+    # give p about 0.12 (two-proportion z), ignoring that both scored the same pairs.
+    a = [1] * 15 + [0] * 5 + [1] * 60 + [0] * 20
+    b = [0] * 15 + [1] * 5 + [1] * 60 + [0] * 20
+    result = stats.mcnemar(a, b)
+    assert result["p"] == pytest.approx(0.0413895, abs=1e-6)
+    assert result["diff"] == pytest.approx(0.10)
+    # paired Wald: se = sqrt(15 + 5 - 10^2 / 100) / 100 = sqrt(19) / 100
+    assert result["diff_ci"] == pytest.approx(1.959964 * math.sqrt(19) / 100, abs=1e-6)
+    assert stats.mcnemar([1, 0.5], [0, 0.5])["only_a"] == 1.0  # a tie on both sides is concordant
+    with pytest.raises(ValueError):
+        stats.mcnemar([1, 0], [1])
 
 
-def test_matched_kl_with_one_beta_compares_means_over_the_shared_range():
-    frame = pd.DataFrame([{"family": "salsa", "stratum": "", "kl_sft_id": k, "gold_id": g}
-                          for k, g in ((1.0, 0.70), (1.4, 0.74), (1.8, 0.72))]
-                         + [{"family": "ppo", "stratum": "", "kl_sft_id": k, "gold_id": g}
-                            for k, g in ((1.2, 0.69), (1.6, 0.71), (2.0, 0.70))])
-    result = stats.matched_kl(frame, "salsa", "ppo", n_boot=100)
-    assert (result.fit_degree == 0).all() and result.kl.min() == 1.2 and result.kl.max() == 1.8
-    np.testing.assert_allclose(result["diff"], 0.72 - 0.70)
+def test_bootstrap_interval_is_at_the_requested_level():
+    # 0/1 values: a bootstrap mean is Binomial(100, 0.5) / 100, whose 2.5% and 97.5% quantiles are 0.40 and
+    # 0.60 (scipy.stats.binom.ppf); at 90% they would be 0.42 and 0.58, at 80% 0.44 and 0.56
+    values = [0.0, 1.0] * 50
+    _, lower, upper = stats.bootstrap_mean(values, 20000, seed=0)
+    assert lower == pytest.approx(0.40, abs=0.006) and upper == pytest.approx(0.60, abs=0.006)
+    _, lower90, upper90 = stats.bootstrap_mean(values, 20000, seed=0, level=0.9)
+    assert lower90 == pytest.approx(0.42, abs=0.006) and upper90 == pytest.approx(0.58, abs=0.006)
+
+
+def test_replicates_for_a_target_half_width():
+    # sd 0.007, target 0.01: t(3) 3.1824 * 0.007 / 2 = 0.01114 > 0.01; t(4) 2.7764 * 0.007 / sqrt(5) = 0.00869
+    assert stats.replicates_for_half_width(0.007, 0.01) == 5
+    # with 80% assurance over the sample sd: n = 5 gives P(chi2_4 <= 4 (0.01 sqrt(5) / (2.7764 * 0.007))^2)
+    # = P(chi2_4 <= 5.295) = 0.742 < 0.8; n = 6: P(chi2_5 <= 5 (0.01 sqrt(6) / (2.5706 * 0.007))^2 = 9.265) = 0.901
+    from scipy.stats import chi2
+    assert chi2.cdf(5.295, 4) == pytest.approx(0.742, abs=1e-3) and chi2.cdf(9.265, 5) == pytest.approx(0.901, abs=1e-3)
+    assert stats.replicates_for_half_width(0.007, 0.01, assurance=0.8) == 6

@@ -38,10 +38,9 @@ def test_each_method_is_compared_at_its_own_sweep_value_and_paired_by_seed():
     # salsa-kl_coef0.1 - ppo-kl_coef0.1 per seed: 0.10, 0.09, 0.10 -> paired, mean 0.096667
     assert gold.loc["salsa-kl_coef0.1", "diff"] == pytest.approx(0.0966667, abs=1e-6)
     assert gold.loc["salsa-kl_coef0.1", "test"] == "paired (n=3)"
-    # the family is every finite comparison in the table; kl_sft_id differences are exactly 0 -> not tests
-    assert comparisons.p.notna().sum() == 3 and comparisons.p_holm.notna().sum() == 3
-    smallest = gold.p.idxmin()
-    assert gold.loc[smallest, "p_holm"] == pytest.approx(min(1.0, 3 * gold.loc[smallest, "p"]))
+    # descriptive: unadjusted p-values, no Holm over the whole table (only the declared secondary family)
+    assert comparisons.p.notna().sum() == 3
+    assert "p_holm" not in comparisons.columns and "significant" not in comparisons.columns
 
 
 def test_unshared_seeds_fall_back_to_welch():
@@ -56,7 +55,12 @@ def test_replicates_become_the_unit_of_the_interval():
     frame = pd.concat(parts, ignore_index=True)
     comparisons = tables.compare_methods(frame, "ppo", ["gold_id"])
     assert comparisons.test.item() == "replicates (n=3)" and comparisons.replicates.item() == 3
-    assert comparisons.var_between.item() >= 0 and comparisons.var_within.item() > 0
+    # seed differences 0.05 and 0.04 + r/90: replicate means 0.045 + r/180 (variance 1/180^2); within-replicate
+    # variance (0.01 - r/90)^2 / 2, mean 1.1576e-4; between = 1/180^2 - within / 2 < 0 -> floored at 0
+    within = sum((0.01 - r / 90) ** 2 / 2 for r in (1, 2, 3)) / 3
+    assert comparisons.var_within.item() == pytest.approx(within, rel=1e-9)
+    assert comparisons.var_replicate_means.item() == pytest.approx(1 / 180 ** 2, rel=1e-9)
+    assert comparisons.var_between.item() == 0.0
     agg = tables.aggregate(frame).set_index("method")
     assert agg.loc["salsa", "replicates"] == 3 and agg.loc["salsa", "seeds"] == 2
     # mean over replicate means, t over 3 replicates (df 2)
@@ -74,18 +78,32 @@ def test_prompt_intervals_per_split():
     assert ci["gold_ood_ci"] == 0.0 and ci["proxy_id_ci"] == 0.0
     assert 0.04 < ci["empty_id_ci"] < 0.08  # a third of the lengths are 0
     assert "kl_sft_ood_ci" not in ci
+    # a percentile interval is kept as its two ends (it need not be symmetric) and printed as [lower, upper]
+    assert ci["empty_id_ci"] == pytest.approx((ci["empty_id_ci_upper"] - ci["empty_id_ci_lower"]) / 2)
+    row = {"model": "sft/seed1", "kind": "sft", "method": "seed1", "seed": "1", "replicate": "1", "empty_id": 1 / 3,
+           "gold_id": 0.5, **ci}
+    config = tables.TablesConfig(results="r", models=["sft/seed1"], out="o", n_boot=500)
+    markdown = tables.render_markdown(pd.DataFrame([row]), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), config)
+    assert f"0.333 [{ci['empty_id_ci_lower']:.3f}, {ci['empty_id_ci_upper']:.3f}]" in markdown
+    assert "0.333 ±" not in markdown
 
 
-def test_summary_states_family_size_power_and_matched_kl():
+def test_summary_opens_with_the_primary_and_marks_nothing_else():
     frame = run_frame({"ppo": [0.70, 0.72, 0.74], "salsa": [0.73, 0.74, 0.78]})
-    config = tables.TablesConfig(results="r", models=list(frame.model), out="o", n_boot=100)
+    config = tables.TablesConfig(results="r", models=list(frame.model), out="o", n_boot=100,
+                                 secondary=["gold_id:salsa:ppo:matched_kl_sft"])
     comparisons = tables.compare_methods(frame, "ppo", tables.shown_metrics(frame))
-    matched = tables.matched_kl_frame(frame, "ppo", 100, 0)
-    markdown = tables.render_markdown(frame, tables.aggregate(frame), comparisons, matched, config)
-    assert "PPO methods over seeds" in markdown
-    assert "Holm-adjusted p < 0.05 over the family of all 1 comparisons" in markdown
-    assert "## Power" in markdown and "Halving it takes" in markdown
-    assert "## Gold at matched KL" in markdown and len(matched) == 5
+    matched = tables.matched_kl_frame(frame, "ppo")
+    tested = tables.endpoints(config, frame)
+    markdown = tables.render_markdown(frame, tables.aggregate(frame), comparisons, matched, config, endpoints=tested)
+    sections = [line for line in markdown.splitlines() if line.startswith("## ")]
+    assert sections[0] == "## Pre-registered result"
+    assert "**Primary** (declared in the config before the run; two-sided, α 0.05, unadjusted): salsa − ppo, gold_id" \
+        in markdown
+    assert " *" not in markdown.split("## Every model")[1]  # below the endpoints: no test marks
+    assert "## Power of the primary comparison" in markdown and "noncentral t" in markdown
+    # one β each: matched KL is refused, in the table and as an endpoint (not tested, not in Holm's family)
+    assert "one β on each side" in markdown and tested.p.isna().iloc[1]
 
 
 def test_single_models_are_compared_on_the_same_prompts(tmp_path):
@@ -124,8 +142,12 @@ def test_power_with_one_seed_per_replicate_counts_replicates_only():
     row = comparisons.iloc[0]
     assert row.test == "replicates (n=3)" and row["diff"] == pytest.approx(0.026667, abs=1e-6)
     assert row.diff_ci == pytest.approx(0.03795, abs=1e-4)
-    power = "\n".join(tables.render_power(comparisons, "salsa"))
+    power = "\n".join(tables.render_power(comparisons, "salsa", "ppo"))
     assert "±0.038" in power and "Halving the interval takes 5 replicates instead of 3" in power
+    # the variance the interval used (not a floored split), exact power: 0.0153 / sqrt(3) at df 2
+    detected = tables.stats.detectable_at_power(0.015275252 / math.sqrt(3), 2)
+    assert f"a true difference of {detected:.4f} is detected with 80% power" in power
+    assert "outer and seed variance are not separated" in power
 
 
 def test_power_without_gold_says_nothing_and_does_not_crash():
@@ -153,7 +175,7 @@ def test_pairs_replace_the_partner_and_contrasts_difference_two_differences():
     contrast = rows.loc["salsa - ppo"]
     assert contrast.vs == "salsa_seedonly - ppo_seedonly" and contrast.test == "contrast, replicates (n=2)"
     assert contrast["diff"] == pytest.approx(0.025) and contrast.diff_ci == pytest.approx(0.19059, abs=1e-4)
-    assert len(comparisons) == 4 and comparisons.p_holm.notna().sum() == comparisons.p.notna().sum()
+    assert len(comparisons) == 4
     with pytest.raises(tables.artifacts.StageError, match="salsa_typo"):
         tables.compare_methods(frame, "ppo", ["gold_id"], pairs={"salsa_typo": "ppo"})
 

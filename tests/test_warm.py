@@ -47,3 +47,50 @@ def test_reward_soup_is_the_weighted_mean_of_its_ingredients_with_its_own_normal
     assert json.loads((out / "reward_eval.json").read_text())["eval"]["accuracy"] == held_out["accuracy"]
     meta = json.loads((out / "salsa_meta.json").read_text())
     assert meta["weights"] == [0.25, 0.75] and len(meta["ingredient_eval_accuracy"]) == 2
+
+
+@pytest.fixture(scope="module")
+def probe(tiny, tmp_path_factory):
+    """WARM's shared start: the score head probed on the frozen init of the replicas (here the first SFT)."""
+    from salsa import reward_probe
+
+    out = tmp_path_factory.mktemp("probe") / "probe"
+    reward_probe.main(["--model", str(tiny["sft1"]), "--data", str(tiny["data"]), "--out", str(out),
+                       "--steps", "200", "--batch-size", "32", "--threads", "1"])
+    return out
+
+
+def test_the_probe_fits_the_pairs_better_than_a_random_head(probe):
+    report = json.loads((probe / "probe_eval.json").read_text())
+    assert report["train_loss"] < report["train_loss_random_head"] - 0.01
+    assert set(load_file(probe / "score_head.safetensors")) == {"score.weight"}
+
+
+def test_replicas_fine_tuned_from_the_probe_share_its_head(tiny, replica, probe, tmp_path):
+    # fresh heads per seed (the fixture's reward model, seed 0, and the replica, seed 2) point anywhere;
+    # two replicas from the probe (seeds 2 and 3, data order differs) stay on the probe's direction
+    def head(path):
+        return load_file(path / "model.safetensors")["score.weight"].flatten()
+
+    cosine = torch.nn.functional.cosine_similarity
+    assert cosine(head(tiny["reward"]), head(replica), dim=0) < 0.9
+    probed = []
+    for seed in (2, 3):
+        out = tmp_path / f"probed{seed}"
+        reward.main(["--model", str(tiny["sft1"]), "--data", str(tiny["data"]), "--out", str(out), "--seed", str(seed),
+                     "--init-head", str(probe / "score_head.safetensors"), "--normalize-policy", str(tiny["sft1"]),
+                     "--steps", "20", "--batch-size", "16", *REWARD_ARGS])
+        probed.append(head(out))
+    assert cosine(probed[0], probed[1], dim=0) > 0.99
+    start = load_file(probe / "score_head.safetensors")["score.weight"].flatten()
+    assert cosine(probed[0], start, dim=0) > 0.99
+
+
+def test_a_head_of_another_shape_is_refused(tiny, tmp_path):
+    from safetensors.torch import save_file
+    from salsa import reward_probe
+    from salsa.modeling import load_reward_model
+
+    save_file({"score.weight": torch.zeros(1, 3)}, str(tmp_path / "head.safetensors"))
+    with pytest.raises(reward_probe.artifacts.StageError, match="do not match"):
+        reward_probe.load_head(load_reward_model(str(tiny["sft1"])), str(tmp_path / "head.safetensors"))

@@ -36,8 +36,10 @@ def scheduled_rules(output: str) -> dict[str, int]:
 def test_default_config_dry_run(tmp_path):
     proc = snakemake(tmp_path, "-n", "--configfile", DEFAULT)
     rules = scheduled_rules(proc.stdout)
-    # two outer replicates, each with its own SFT pair, soup and reward model; 2 methods x 2 PPO seeds each
-    assert rules["sft"] == 4 and rules["soup"] == 2 and rules["reward_model"] == 2 and rules["ppo"] == 8
+    # three outer replicates, each with its own SFT pair, soup and reward model; one PPO seed of 2 methods and
+    # 2 more PPO βs (ppo.kl_arms) each
+    assert rules["sft"] == 6 and rules["soup"] == 3 and rules["reward_model"] == 3 and rules["ppo"] == 12
+    assert "results/toy/rep3/ppo/ppo-kl_coef0.02/seed1" in proc.stdout
     assert rules["tables"] == 1 and rules["landscape"] == 1
     assert "results/toy/rep2/sft/seed2" in proc.stdout and "results/toy/rep1/reward_model" in proc.stdout
 
@@ -113,7 +115,9 @@ def test_tiny_workflow_end_to_end_then_caching(tmp_path):
     comparisons = pd.read_csv(tables / "comparisons.csv")
     gold = comparisons[comparisons.metric == "gold_id"]
     assert gold[["method", "vs", "test"]].values.tolist() == [["salsa", "ppo", "replicates (n=2)"]]
-    assert "## Power" in markdown and "## Gold at matched KL" in markdown and "Holm-adjusted" in markdown
+    assert markdown.split("\n## ")[1].startswith("Pre-registered result")  # summary.md opens with the primary
+    assert "## Power" in markdown and "## Gold at matched KL" in markdown
+    assert set(pd.read_csv(tables / "endpoints.csv").role) == {"primary", "secondary"}
     assert (tables / "matched_kl.csv").stat().st_size > 0
     assert set(pd.read_csv(tables / "single_models.csv").vs) == {f"rep{r}/sft/seed{s}" for r in (1, 2) for s in (1, 2)}
     assert summary.loc[summary.model == "rep1/soup/uniform", "gold_id_ci"].item() > 0

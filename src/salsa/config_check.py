@@ -76,7 +76,15 @@ def ppo_methods(config: dict) -> dict[str, dict]:
         for key, values in sweep.items():
             for value in values if isinstance(values, list) else []:
                 methods[f"{name}-{key}{value}"] = {**params, key: value}
-    return methods
+    return {**methods, **{arm: {**methods.get(base, {}), "kl_coef": value}
+                          for arm, (base, value) in kl_arm_names(ppo).items()}}
+
+
+def kl_arm_names(ppo: dict) -> dict[str, tuple[str, float]]:
+    """ppo.kl_arms {ppo: [0.02]} -> {'ppo-kl_coef0.02': ('ppo', 0.02)}: the method again at another β, named as
+    a sweep names it, so the tables see one family (rules/common.smk runs these beside the methods)."""
+    return {f"{base}-kl_coef{value}": (base, value) for base, values in (ppo.get("kl_arms") or {}).items()
+            for value in values or []}
 
 
 def evaluated_models(config: dict) -> list[str]:
@@ -111,6 +119,9 @@ def _check_models(config: dict) -> Iterator[str]:
         if isinstance(value, str) and value not in allowed:
             yield f"{key}: {value!r} is not a defined model (defined: {_choices(allowed)})"
 
+    for arm, (base, _) in kl_arm_names(config.get("ppo", {})).items():
+        if base not in (config.get("ppo", {}).get("methods") or {}):
+            yield f"ppo.kl_arms.{base}: not a PPO method (arm {arm})"
     for name, spec in (config.get("ppo", {}).get("methods") or {}).items():
         for field in ("init", "reference"):
             yield from refs(f"ppo.methods.{name}.{field}", spec.get(field), defined)
@@ -160,6 +171,20 @@ def _check_models(config: dict) -> Iterator[str]:
             for name in group:
                 if name not in compared:
                     yield f"tables.{key}[{i}]: {name!r} is not a method (methods: {_choices(compared)})"
+    yield from _check_endpoints(tables, methods, compared)
+
+
+def _check_endpoints(tables: dict, methods: list[str], compared: list[str]) -> Iterator[str]:
+    """tables.primary / tables.secondary name methods that run (families for matched KL)."""
+    families = {re.sub(r"-[A-Za-z_]+?[-+.0-9][-+.0-9eE]*$", "", m) for m in compared}
+    reference = tables.get("reference_method") or (methods[0] if methods else "")
+    declared = [("tables.primary", tables.get("primary") or {})]
+    declared += [(f"tables.secondary[{i}]", e) for i, e in enumerate(tables.get("secondary") or [])]
+    for key, endpoint in declared:
+        matched = str(endpoint.get("at", "")).startswith("matched_kl")
+        for field, name in (("method", endpoint.get("method", "salsa")), ("vs", endpoint.get("vs", reference))):
+            if name not in compared and not (matched and name in families):
+                yield f"{key}.{field}: {name!r} is not a method (methods: {_choices(compared)})"
 
 
 def _check_ppo(config: dict, schema: dict) -> Iterator[str]:

@@ -67,13 +67,15 @@ class LandscapeConfig:
             raise ValueError(f"alphas: must include 0, 0.5 and 1 (the ingredients and the soup); missing {missing}")
 
 
-def paired_interval(a: list[float], b: list[float], n_boot: int, seed: int) -> tuple[float, float, float]:
-    """Mean of a - b over prompts and its 95% percentile-bootstrap interval (prompts resampled)."""
+def paired_interval(a: list[float], b: list[float], n_boot: int, seed: int,
+                    level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of a - b over prompts and its percentile-bootstrap interval at `level` (prompts resampled)."""
     diffs = [x - y for x, y in zip(a, b)]
     rng = random.Random(seed)
     n = len(diffs)
     means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
-    return sum(diffs) / n, means[int(0.025 * n_boot)], means[min(n_boot - 1, int(0.975 * n_boot))]
+    tail = (1 - level) / 2
+    return sum(diffs) / n, means[int(tail * n_boot)], means[min(n_boot - 1, int((1 - tail) * n_boot))]
 
 
 def parameter_distance(a: Path, b: Path) -> float:

@@ -35,6 +35,8 @@ class RewardConfig(training.TrainingConfig):
     out: str = arg(help="output reward-model directory")
     normalize_policy: str = arg("", help="policy whose samples define mean 0 / std 1 (empty: skip, gain 1 bias 0)")
     seed: int = arg(0, help="data order and score-head init")
+    init_head: str = arg("", help="start the score head from this file (salsa.reward_probe's score_head.safetensors: "
+                         "WARM's shared linear probe) instead of a fresh one from --seed")
     steps: int = arg(300, help="optimiser steps")
     batch_size: int = arg(32, help="preference pairs per optimiser step, over all processes")
     warmup_steps: int = arg(20, help="linear warm-up steps, then linear decay to zero")
@@ -101,7 +103,10 @@ def evaluate_pairs(model, tokenizer, pairs: dict[str, list]) -> dict:
                 "p90": q[2].item()}
     return {"accuracy": (chosen > rejected).float().mean().item()
             + 0.5 * (chosen == rejected).float().mean().item(),
-            "pairs": len(chosen), "chosen": describe(chosen), "rejected": describe(rejected)}
+            "pairs": len(chosen), "chosen": describe(chosen), "rejected": describe(rejected),
+            # per pair, in the split's order: McNemar between reward models on the same pairs (reward_report)
+            "correct": ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).tolist(),
+            "margin": (chosen - rejected).tolist()}
 
 
 class SequenceScorer(torch.nn.Module):
@@ -206,6 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     model = load_reward_model(config.model, config.dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
+    if config.init_head:  # WARM: every replica fine-tuned from one linear-probed head
+        from salsa.reward_probe import load_head
+        load_head(model, config.init_head)
+
     started = time.time()
     accelerator, prepared, losses, state_dict = train(config, model, tokenizer, train_pairs)
     peak_mb = distributed.all_max(distributed.peak_memory_mb(accelerator.device))

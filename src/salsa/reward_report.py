@@ -3,11 +3,14 @@
 A PPO run names its reward model in its own metadata (salsa_meta.json, config.reward_model), so the
 attribution is read from the run, not from the config the tables were called with. Accuracy is over the
 held-out preference pairs (prefs_eval) with a Wilson interval; gold is the mean over the runs trained
-with that reward model, per method, with a t-interval over seeds.
+with that reward model, per method, with a t-interval over seeds. Two reward models score the same
+held-out pairs, so they are compared with McNemar's test on the pairs (`pair_tests`), not by whether
+their intervals overlap; that needs the per-pair scores, reward_eval.json eval.correct.
 """
 
 from __future__ import annotations
 
+from itertools import combinations
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +40,42 @@ def accuracy_rows(results: Path, reward_ids: list[str]) -> pd.DataFrame:
         rows.append({"reward": reward, "eval_accuracy": held_out["accuracy"], "pairs": pairs,
                      "accuracy_lower": lower, "accuracy_upper": upper})
     return pd.DataFrame(rows, columns=["reward", "eval_accuracy", "pairs", "accuracy_lower", "accuracy_upper"])
+
+
+PER_PAIR = "correct"  # reward_eval.json eval.correct: per held-out pair 1 / 0.5 (tie) / 0, prefs_eval order
+
+
+def pair_tests(results: Path, reward_ids: list[str]) -> pd.DataFrame:
+    """Every two reward models: accuracy difference on the shared held-out pairs, exact McNemar p-value.
+    A model whose reward_eval.json has no per-pair scores gets a row that says so instead of a test."""
+    scores = {r: artifacts.read_json(results / r / "reward_eval.json")["eval"].get(PER_PAIR) for r in reward_ids}
+    rows = []
+    for a, b in combinations(reward_ids, 2):
+        if scores[a] is None or scores[b] is None:
+            rows.append({"reward": a, "vs": b, "note": f"no per-pair scores (reward_eval.json eval.{PER_PAIR})"})
+        elif len(scores[a]) != len(scores[b]):
+            raise artifacts.StageError(f"{results / a / 'reward_eval.json'}: eval.{PER_PAIR} has {len(scores[a])} "
+                                       f"pairs, {b} has {len(scores[b])}: not the same held-out pairs")
+        else:
+            rows.append({"reward": a, "vs": b, **stats.mcnemar(scores[a], scores[b]), "note": ""})
+    return pd.DataFrame(rows, columns=["reward", "vs", "diff", "diff_ci", "only_a", "only_b", "items", "p", "test",
+                                       "note"])
+
+
+def render_pair_tests(table: pd.DataFrame, fmt) -> list[str]:
+    if table.empty:
+        return []
+    lines = ["### Reward models against each other (same held-out pairs, McNemar)", "",
+             "Accuracy difference with its paired 95% interval; only_a / only_b = pairs only the first / only the "
+             "second ranks right; p = exact McNemar (descriptive: not a pre-registered endpoint).", "",
+             "| reward model | vs | difference | only_a | only_b | p |", "|---|---|---|---|---|---|"]
+    for _, row in table.iterrows():
+        if row.note:
+            lines.append(f"| {row.reward} | {row.vs} | {row.note} | – | – | – |")
+        else:
+            lines.append(f"| {row.reward} | {row.vs} | {fmt(row['diff'])} ± {fmt(row.diff_ci)} | {fmt(row.only_a, 1)} | "
+                         f"{fmt(row.only_b, 1)} | {row.p:.3g} |")
+    return lines + [""]
 
 
 def reward_models_frame(results: Path, reward_ids: list[str], frame: pd.DataFrame) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 
 Pure functions on numbers and frames (no files): `salsa.tables` reads the
 results and renders what these return. Every interval is two-sided at
-`level` (95% by default) and reported as estimate ± half-width.
+`level` (95% by default): t-intervals are reported as estimate ± half-width, percentile
+intervals as [lower, upper].
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
+from scipy.optimize import brentq
 
 LEVEL = 0.95
 # a method created by a `sweep` entry: <method>-<key><value>, e.g. salsa-kl_coef0.1 (rules/common.smk)
@@ -158,9 +160,11 @@ def replicate_difference(frame: pd.DataFrame, metric: str, method: str, other: s
     difference is mean over seeds of method minus mean over seeds of other; the interval is a t-interval
     over replicates. The variance of the difference splits (one-way random effects, method of moments) into
     within = the variance of one seed's difference inside a replicate (paired when the seeds match, the
-    sum of the two methods' seed variances otherwise) and between = Var_r(d_r) - within / seeds, floored at 0.
+    sum of the two methods' seed variances otherwise) and between = Var_r(d_r) - within / seeds, floored at 0
+    (the floored value is descriptive only: intervals and power use var_replicate_means, the variance the
+    interval is built from). within_df: the pooled within-replicate degrees of freedom, for `variance_share`.
     """
-    per_replicate, within, seeds = [], [], []
+    per_replicate, within, within_df, seeds = [], [], [], []
     for _, group in frame.groupby("replicate", sort=True):
         a = group[group.method == method].set_index("seed")[metric].dropna()
         b = group[group.method == other].set_index("seed")[metric].dropna()
@@ -169,8 +173,10 @@ def replicate_difference(frame: pd.DataFrame, metric: str, method: str, other: s
         per_replicate.append(a.mean() - b.mean())
         if set(a.index) == set(b.index) and len(a) > 1:
             within.append(float((a - b.reindex(a.index)).var(ddof=1)))
+            within_df.append(len(a) - 1)
         elif len(a) > 1 and len(b) > 1:
             within.append(float(a.var(ddof=1) + b.var(ddof=1)))
+            within_df.append(len(a) + len(b) - 2)  # Satterthwaite's df for a sum of two equal variances
         seeds.append(min(len(a), len(b)))
     d = np.asarray(per_replicate, dtype=float)
     overall = mean_interval(d, level)
@@ -180,7 +186,8 @@ def replicate_difference(frame: pd.DataFrame, metric: str, method: str, other: s
     between_var = max(0.0, observed - within_var / n_seeds) if not math.isnan(observed + within_var) else math.nan
     return {"method": method, "vs": other, "metric": metric, "replicates": len(d), "seeds": n_seeds,
             "diff": overall.estimate, "diff_ci": overall.half_width, "df": overall.df, "p": overall.p_value,
-            "var_between": between_var, "var_within": within_var, "var_replicate_means": observed}
+            "var_between": between_var, "var_within": within_var, "var_replicate_means": observed,
+            "within_df": float(sum(within_df)) if within_df else math.nan}
 
 
 def contrast(frame: pd.DataFrame, metric: str, a: str, b: str, c: str, d: str, level: float = LEVEL) -> dict:
@@ -230,77 +237,78 @@ def halving_cost(var_between: float, var_within: float, replicates: int, seeds: 
             "replicates_needed": more_replicates}
 
 
+def replicates_for_half_width(sd: float, target: float, assurance: float = 0.0, level: float = LEVEL,
+                              limit: int = 1000) -> int | None:
+    """The fewest units n whose t-interval half-width t(n-1) s / sqrt(n) is at most `target` when the
+    per-unit standard deviation is `sd`: with assurance 0 at s = sd, else with probability >= `assurance`
+    over the sample s (s^2 ~ sd^2 chi2(n-1) / (n-1)). None if `limit` units do not reach it."""
+    for n in range(2, limit):
+        bound = target * math.sqrt(n) / t_quantile(n - 1, level)  # the largest s that meets the target
+        if (scipy_stats.chi2.cdf((n - 1) * (bound / sd) ** 2, n - 1) >= assurance) if assurance else bound >= sd:
+            return n
+    return None
+
+
+def power_two_sided(delta: float, se: float, df: float, level: float = LEVEL) -> float:
+    """Exact power of the two-sided t-test at `level` when the true difference is `delta`: the statistic
+    follows a noncentral t with `df` degrees of freedom and noncentrality delta / se."""
+    critical, noncentrality = t_quantile(df, level), delta / se
+    # the lower tail P(T < -c) as P(T' > c) with T' of noncentrality -delta/se: scipy's cdf there can be NaN
+    return float(scipy_stats.nct.sf(critical, df, noncentrality) + scipy_stats.nct.sf(critical, df, -noncentrality))
+
+
 def detectable_at_power(se: float, df: float, power: float = 0.8, level: float = LEVEL) -> float:
-    """The true difference a two-sided test at `level` detects with probability `power`: (t_{1-a/2} + t_power) se."""
+    """The smallest true difference a two-sided t-test at `level` detects with probability `power`, solved
+    exactly on the noncentral t. The textbook shortcut (t_{1-a/2} + t_power) se is too small at few df:
+    at df 1 it has 73% power, not 80%."""
     if math.isnan(se) or math.isnan(df) or df <= 0:
         return math.nan
-    return (t_quantile(df, level) + float(scipy_stats.t.ppf(power, df))) * se
+    if se == 0:
+        return 0.0
+    high = (t_quantile(df, level) + float(scipy_stats.t.ppf(power, df))) * se
+    while power_two_sided(high, se, df, level) < power:
+        high *= 2
+    return float(brentq(lambda delta: power_two_sided(delta, se, df, level) - power, 0.0, high, xtol=1e-12))
 
 
-# --- gold at matched KL -----------------------------------------------------------
-def fit_degree(strata: int) -> int:
-    """Quadratic with three or more β values, linear with two, a constant (the mean) with one."""
-    return max(0, min(2, strata - 1))
+def variance_share(var_replicate_means: float, var_within: float, seeds: float, replicates: int,
+                   within_df: float, level: float = LEVEL) -> dict:
+    """Share of a replicate's (seed-averaged) difference variance that is between replicates, with its interval.
 
-
-def fit_curve(kl, gold, degree: int) -> np.ndarray:
-    """Least-squares polynomial of gold in sqrt(KL).
-
-    Why sqrt(KL) and a quadratic: Gao et al. (2022, "Scaling laws for reward model overoptimization") find
-    the gold reward of RL policies follows d (alpha - beta d) in d = sqrt(KL to the initial policy): it rises,
-    peaks and falls as the policy over-optimises the proxy. A free intercept absorbs the start's own gold
-    (methods start from different models). The degree drops with the number of distinct β values, so a fit
-    never has more parameters than the design has KL levels (`fit_degree`).
+    One-way random effects: F = seeds * Var_r(d_r) / within estimates 1 + lambda with lambda = seeds *
+    between / within, and F / (1 + lambda) ~ F(replicates - 1, within_df). The share lambda / (1 + lambda) is
+    1 - 1/F; its interval inverts the F quantiles (Searle 1971): [1 - F_hi / F, 1 - F_lo / F], clipped to [0, 1].
     """
-    return np.polyfit(np.sqrt(np.maximum(np.asarray(kl, dtype=float), 0.0)), np.asarray(gold, dtype=float), degree)
+    nan = {"share": math.nan, "share_lower": math.nan, "share_upper": math.nan, "F": math.nan, "F_p": math.nan}
+    df1 = replicates - 1
+    if df1 < 1 or not within_df > 0 or not var_within > 0 or math.isnan(var_replicate_means):
+        return nan
+    f_obs = seeds * var_replicate_means / var_within
+    if f_obs == 0:
+        return {**nan, "share": 0.0, "share_lower": 0.0, "F": 0.0, "F_p": 1.0}
+    f_low, f_high = scipy_stats.f.ppf([0.5 - level / 2, 0.5 + level / 2], df1, within_df)
+    clip = lambda v: float(min(1.0, max(0.0, v)))  # noqa: E731
+    return {"share": clip(1 - 1 / f_obs), "share_lower": clip(1 - f_high / f_obs),
+            "share_upper": clip(1 - f_low / f_obs), "F": float(f_obs),
+            "F_p": float(scipy_stats.f.sf(f_obs, df1, within_df))}
 
 
-def _predict(coefficients: np.ndarray, kl_levels: np.ndarray) -> np.ndarray:
-    return np.polyval(coefficients, np.sqrt(kl_levels))
+# --- two classifiers on the same items -----------------------------------------------
+def mcnemar(correct_a, correct_b, level: float = LEVEL) -> dict:
+    """Accuracy of a minus accuracy of b on the same items (e.g. two reward models on the same held-out pairs).
 
-
-def _resampled_fit(x: np.ndarray, y: np.ndarray, strata: list[np.ndarray], degree: int, levels: np.ndarray,
-                   rng: np.random.Generator) -> np.ndarray:
-    """Refit on runs drawn with replacement within each β (stratum): the design fixes β, seeds are random."""
-    index = np.concatenate([group[rng.integers(0, len(group), len(group))] for group in strata])
-    return _predict(fit_curve(x[index], y[index], degree), levels)
-
-
-def matched_kl(frame: pd.DataFrame, family: str, other: str, metric: str = "gold_id", kl: str = "kl_sft_id",
-               n_levels: int = 5, n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
-    """`family` - `other` in `metric` at KL levels both families' runs cover, with bootstrap intervals.
-
-    frame: one row per PPO run with columns family, stratum (sweep value, '' if none), `kl` and `metric`.
-    Each family gets its own curve (`fit_curve`) over all its β and seeds; the levels are evenly spaced over
-    the overlap of the two families' KL ranges (min to max over runs). Intervals are percentile intervals of
-    the difference over `n_boot` refits on runs resampled within β (`_resampled_fit`), seeded. With three
-    seeds per β the bootstrap is narrower than a t-interval would be (it has no small-sample correction), and
-    with outer replicates it resamples runs, not replicates: read an interval that barely excludes 0 with care.
+    correct_*: per item 1 (right), 0 (wrong) or 0.5 (a tie, counted half). Only discordant items inform the
+    test: the exact McNemar test is a binomial test of a-only against b-only wins (ties' halves rounded).
+    Interval: the paired-proportion Wald interval, se = sqrt(b + c - (b - c)^2 / n) / n (Agresti 2002).
     """
-    runs = {name: frame[frame.family == name].dropna(subset=[kl, metric]) for name in (family, other)}
-    base = {"family": family, "vs": other, "metric": metric,
-            "runs": len(runs[family]), "vs_runs": len(runs[other]),
-            "kl_range": f"{runs[family][kl].min():.3g} to {runs[family][kl].max():.3g}",
-            "vs_kl_range": f"{runs[other][kl].min():.3g} to {runs[other][kl].max():.3g}"}
-    if min(len(r) for r in runs.values()) == 0:
-        return pd.DataFrame([{**base, "note": "no runs"}])
-    low = max(r[kl].min() for r in runs.values())
-    high = min(r[kl].max() for r in runs.values())
-    if low > high:
-        return pd.DataFrame([{**base, "note": "KL ranges do not overlap"}])
-    levels = np.unique(np.linspace(low, high, n_levels))
-    arrays = {}
-    for name, r in runs.items():
-        strata = [np.flatnonzero((r.stratum == value).to_numpy()) for value in sorted(r.stratum.unique())]
-        arrays[name] = (r[kl].to_numpy(float), r[metric].to_numpy(float), strata, fit_degree(len(strata)))
-    point = {name: _predict(fit_curve(x, y, degree), levels) for name, (x, y, _, degree) in arrays.items()}
-    rng = np.random.default_rng(seed)
-    draws = np.array([_resampled_fit(*arrays[family], levels, rng) - _resampled_fit(*arrays[other], levels, rng)
-                      for _ in range(n_boot)])
-    degrees = {name: value[3] for name, value in arrays.items()}
-    lower, upper = np.quantile(draws, [0.5 - level / 2, 0.5 + level / 2], axis=0)
-    return pd.DataFrame([{**base, "kl": float(k), "fit_degree": degrees[family], "vs_fit_degree": degrees[other],
-                          metric: float(point[family][j]), f"vs_{metric}": float(point[other][j]),
-                          "diff": float(point[family][j] - point[other][j]), "lower": float(lower[j]),
-                          "upper": float(upper[j]), "excludes_zero": bool(lower[j] > 0 or upper[j] < 0), "note": ""}
-                         for j, k in enumerate(levels)])
+    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"mcnemar: per-item scores of different lengths ({a.shape} vs {b.shape})")
+    n = len(a)
+    only_a, only_b = float(np.clip(a - b, 0, None).sum()), float(np.clip(b - a, 0, None).sum())
+    wins_a, discordant = int(round(only_a)), int(round(only_a)) + int(round(only_b))
+    p = float(scipy_stats.binomtest(wins_a, discordant, 0.5).pvalue) if discordant else 1.0
+    se = math.sqrt(max(0.0, only_a + only_b - (only_a - only_b) ** 2 / n)) / n
+    z = float(scipy_stats.norm.ppf(0.5 + level / 2))
+    return {"diff": (only_a - only_b) / n, "diff_ci": z * se, "only_a": only_a, "only_b": only_b, "items": n,
+            "p": p, "test": "McNemar exact"}

@@ -1,16 +1,16 @@
 """Stage `tables`: one row per model, PPO methods aggregated over seeds, comparisons, plots.
 
-Writes summary.csv (every model, with prompt-level bootstrap intervals as
-<metric>_ci), methods.csv (every PPO method over seeds), comparisons.csv (each
-method against the reference method at the same sweep value, every metric,
-with Holm-adjusted p-values), matched_kl.csv (gold at matched KL to the first
-SFT), single_models.csv, runs_vs_start.csv and runs_vs_partner.csv (salsa.same_prompts),
-reward_models.csv (each reward model's held-out accuracy and the gold of
-the runs trained with it), summary.md (the tables a reader decides from), ppo_curves.png (gold and
-proxy reward against KL during PPO training) and frontier.png (final gold and
-proxy reward against KL to the first SFT, one point per run).
+Writes summary.csv (every model, with prompt-level percentile bootstrap intervals as
+<metric>_ci_lower/_ci_upper and their half-width <metric>_ci), methods.csv (every PPO method over seeds),
+endpoints.csv (the pre-registered primary and secondary tests, salsa.preregistration), comparisons.csv
+(each method against the reference method at the same sweep value, every metric, unadjusted and
+descriptive), matched_kl.csv (gold at matched KL on both KL axes, salsa.matched_kl), single_models.csv,
+runs_vs_start.csv and runs_vs_partner.csv (salsa.same_prompts), reward_models.csv and
+reward_model_pairs.csv (each reward model's held-out accuracy, the gold of the runs trained with it, and
+McNemar tests between reward models on the shared pairs), summary.md (opening with the primary result),
+ppo_curves.png and frontier.png.
 
-The statistics live in salsa.stats; this module reads files and renders.
+The statistics live in salsa.stats and salsa.matched_kl; the summary's sections in salsa.summary_sections.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from salsa import artifacts, same_prompts, stats
-from salsa.reward_report import render_reward_models, reward_models_frame
+from salsa import artifacts, matched_kl, preregistration, same_prompts, stats
+from salsa.summary_sections import bracket, fmt, markdown_table, pm, render_comparisons, render_matched, render_power
+from salsa.reward_report import pair_tests, render_pair_tests, render_reward_models, reward_models_frame
 from salsa.same_prompts import read_samples
 from salsa.plots import plot_curves, plot_frontier
 from salsa.args import arg, parse
@@ -52,7 +53,10 @@ class TablesConfig:
     contrasts: list[str] = arg([], help="a:b:c:d -> (a - b) - (c - d), e.g. salsa:ppo:salsa_seedonly:ppo_seedonly")
     reward_models: list[str] = arg([], help="reward-model directories under --results (reward_model, "
                                    "rep1/reward_model, reward/seed2, reward_soup/uniform): accuracy and gold per model")
-    primary: str = arg("salsa", help="method family whose difference from the reference sets the power statement")
+    primary: str = arg("gold_id:salsa:ppo", help="the pre-registered primary endpoint, metric:method:vs[:at] "
+                       "(salsa.preregistration): two-sided at --alpha, unadjusted")
+    secondary: list[str] = arg([], help="the secondary endpoints, Holm-adjusted over this family only")
+    alpha: float = arg(0.05, help="significance level of the primary and the secondary family")
 
 
 def split_replicate(model_id: str) -> tuple[str, str]:
@@ -156,7 +160,8 @@ def benchmark_headline(columns) -> list[str]:
 
 
 def prompt_intervals(samples: list[dict], n_boot: int, seed: int) -> dict:
-    """<field>_<split>_ci: half-width of the prompt-level percentile bootstrap interval of the mean (seeded)."""
+    """<field>_<split>_ci_lower / _ci_upper: the prompt-level percentile bootstrap interval of the mean (seeded);
+    <field>_<split>_ci: its half-width (for error bars; a percentile interval need not be symmetric)."""
     out = {}
     for split in sorted({r["split"] for r in samples}):
         rows = [r for r in samples if r["split"] == split]
@@ -167,6 +172,7 @@ def prompt_intervals(samples: list[dict], n_boot: int, seed: int) -> dict:
             if values:
                 _, lower, upper = stats.bootstrap_mean(values, n_boot, seed)
                 out[f"{field}_{split}_ci"] = (upper - lower) / 2
+                out[f"{field}_{split}_ci_lower"], out[f"{field}_{split}_ci_upper"] = lower, upper
     return out
 
 
@@ -181,8 +187,8 @@ def ppo_runs(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c not in (*RUN_KEYS, "family", "stratum") and not c.endswith("_ci")
-            and pd.api.types.is_numeric_dtype(frame[c])]
+    return [c for c in frame.columns if c not in (*RUN_KEYS, "family", "stratum")
+            and not c.endswith(("_ci", "_ci_lower", "_ci_upper")) and pd.api.types.is_numeric_dtype(frame[c])]
 
 
 def unit_values(group: pd.DataFrame, column: str) -> pd.Series:
@@ -214,7 +220,7 @@ def method_partners(methods: list[str], reference_method: str, pairs: dict | Non
 def compare_methods(frame: pd.DataFrame, reference_method: str, metrics: list[str], pairs: dict | None = None,
                     contrasts: list[tuple] = ()) -> pd.DataFrame:
     """Every method minus its partner (`pairs[method]`, else `stats.partner`) on every metric, and each
-    contrast (a - b) - (c - d), Holm-adjusted over the whole table.
+    contrast (a - b) - (c - d), with unadjusted p-values: descriptive, the tests are salsa.preregistration's.
 
     One replicate: paired by seed where both methods ran the same seeds, Welch otherwise. Several replicates:
     the replicate is the unit (`stats.replicate_difference`), with the variance split into its two levels.
@@ -243,37 +249,18 @@ def compare_methods(frame: pd.DataFrame, reference_method: str, metrics: list[st
         rows += [stats.contrast(ppo, metric, a, b, c, d) for metric in metrics if metric in ppo.columns]
     if not rows:
         return pd.DataFrame()
-    out = pd.DataFrame(rows)
-    out["p_holm"] = stats.holm(out.p)
-    out["significant"] = out.p_holm < 0.05
-    return out
-
-
-def fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def markdown_table(frame: pd.DataFrame, columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(fmt(row.get(c)) for c in columns) + " |")
-    return "\n".join(lines)
+    return pd.DataFrame(rows)
 
 
 def shown_metrics(frame: pd.DataFrame) -> list[str]:
     return [c for c in HEADLINE if c in frame.columns] + benchmark_headline(frame.columns)
 
 
-def pm(value, half) -> str:
-    return f"{fmt(value)} ± {fmt(half)}"
-
-
 def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.DataFrame, matched: pd.DataFrame,
                     config: TablesConfig, singles: pd.DataFrame | None = None,
                     rewards: pd.DataFrame | None = None, starts: pd.DataFrame | None = None,
-                    seed_pairs: pd.DataFrame | None = None) -> str:
+                    seed_pairs: pd.DataFrame | None = None, endpoints: pd.DataFrame | None = None,
+                    reward_pairs: pd.DataFrame | None = None) -> str:
     metrics = shown_metrics(frame)
     baseline = config.baseline or config.models[0]
     parts = ["# Summary", "",
@@ -282,13 +269,16 @@ def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.Data
              f"rm_winrate = reward-model win rate against `{baseline}` on the same prompts; "
              "_id = in-distribution prompts, _ood = longer lists than any seen in training. "
              "All intervals are 95%.", "",
+             *(preregistration.render(endpoints) if endpoints is not None and len(endpoints) else []),
              "## Every model", "", markdown_table(frame, ["model", *metrics, *[c for c in ("judge_failures",) if c in frame.columns]]), ""]
     single = frame[~frame.kind.isin(["ppo", "dpo"])].copy()
     with_ci = [m for m in metrics if f"{m}_ci" in single.columns and single[m].notna().any()]
     if len(single) and with_ci:
         for m in with_ci:
-            single[f"{m} (95% CI)"] = [pm(v, h) for v, h in zip(single[m], single[f"{m}_ci"])]
-        parts += ["## Single models (prompt-level bootstrap interval)", "",
+            single[f"{m} (95% CI)"] = [bracket(v, lo, hi) for v, lo, hi in
+                                       zip(single[m], single.get(f"{m}_ci_lower", single[m] * math.nan),
+                                           single.get(f"{m}_ci_upper", single[m] * math.nan))]
+        parts += ["## Single models (prompt-level percentile bootstrap interval [lower, upper])", "",
                   f"Each model is one run: the interval is over its evaluation prompts ({config.n_boot} resamples, "
                   f"seed {config.seed}) and says nothing about retraining it.", "",
                   markdown_table(single, ["model", *[f"{m} (95% CI)" for m in with_ci]]), ""]
@@ -313,112 +303,26 @@ def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.Data
                                        *[f"{m} (95% CI)" for m in metrics if m in agg.columns]]), ""]
     if len(comparisons):
         parts += render_comparisons(comparisons, config.reference_method, metrics)
-        parts += render_power(comparisons, config.primary)
+        primary = preregistration.Endpoint.parse(config.primary, "--primary")
+        parts += render_power(comparisons, primary.method, primary.vs)
     if len(matched):
         parts += render_matched(matched)
     if rewards is not None:
         parts += render_reward_models(rewards, fmt)
+    if reward_pairs is not None:
+        parts += render_pair_tests(reward_pairs, fmt)
     return "\n".join(parts)
 
 
-def render_comparisons(comparisons: pd.DataFrame, reference_method: str, metrics: list[str]) -> list[str]:
-    family = int(comparisons.p.notna().sum())
-    wide = []
-    for (method, other), group in comparisons.groupby(["method", "vs"], sort=False):
-        cells = {"method": method, "vs": other, "test": group.test.iloc[0]}
-        for _, row in group.iterrows():
-            cells[row.metric] = pm(row["diff"], row.diff_ci) + (" *" if row.significant else "")
-        wide.append(cells)
-    wide = pd.DataFrame(wide)
-    gold = comparisons[comparisons.metric.isin(["gold_id", "gold_ood"])]
-    lines = [f"## Difference from `{reference_method}` at the same sweep value", "",
-             "Each method minus its partner (`vs`: the reference method at the same sweep value where there is one). "
-             "Paired = mean of per-seed differences (both ran the same seeds); welch = Welch's interval; "
-             "replicates = a t-interval over outer replicates of the seed-averaged difference; "
-             "contrast = (a − b) − (c − d), rows `a - b` vs `c - d`, over replicates or paired seeds. "
-             f"± = the unadjusted 95% interval; * = Holm-adjusted p < 0.05 over the family of all {family} "
-             "comparisons in this table. Without a star the data do not separate the two.", "",
-             markdown_table(wide, ["method", "vs", "test", *[m for m in metrics if m in wide.columns]]), "",
-             "### Gold differences with p-values", "",
-             markdown_table(gold.assign(interval=[pm(d, h) for d, h in zip(gold["diff"], gold.diff_ci)]),
-                            ["method", "vs", "metric", "test", "interval", "df", "p", "p_holm"]), ""]
-    if comparisons.replicates.max() > 1:
-        lines += ["### Variance of the difference: outer replicates vs PPO seeds", "",
-                  "var_between = variance of the replicate-level difference beyond what seed noise explains; "
-                  "var_within = variance of one seed's difference inside a replicate (method of moments).", "",
-                  markdown_table(gold, ["method", "vs", "metric", "replicates", "seeds", "var_between",
-                                        "var_within"]), ""]
-    return lines
-
-
-def render_power(comparisons: pd.DataFrame, primary: str) -> list[str]:
-    """The smallest difference the design resolves (the interval half-width) and what halving it costs."""
-    rows = comparisons[(comparisons.metric == "gold_id")
-                       & comparisons.method.map(lambda m: stats.split_sweep(m)[0] == primary)]
-    lines = []
-    for _, row in rows.iterrows():
-        if math.isnan(row.seeds):   # no gold (Hub data): nothing to resolve
-            continue
-        replicates, seeds = int(row.replicates), int(round(row.seeds))
-        if replicates > 1 and seeds < 2 and not math.isnan(row.var_replicate_means):
-            # one seed per replicate: the two variance levels cannot be told apart, only replicates can shrink it
-            cost = stats.halving_cost(row.var_replicate_means, 0.0, replicates, 1)
-            se = cost["half_width"] / stats.t_quantile(replicates - 1)
-            lines.append(f"* `{row.method}` − `{row.vs}` ({row.test}): the design resolves gold differences larger "
-                         f"than ±{fmt(row.diff_ci)} (a true difference of "
-                         f"{fmt(stats.detectable_at_power(se, replicates - 1))} is detected with 80% power). One PPO "
-                         "seed per replicate: outer and seed variance are not separated. Halving the interval "
-                         f"takes {cost['replicates_needed']} replicates instead of {replicates}.")
-            continue
-        between = row.var_between if replicates > 1 else 0.0
-        if math.isnan(row.var_within) or seeds < 2:
-            continue
-        cost = stats.halving_cost(between, row.var_within, replicates, seeds)
-        se = cost["half_width"] / stats.t_quantile(replicates - 1 if replicates > 1 else seeds - 1)
-        df = replicates - 1 if replicates > 1 else seeds - 1
-        text = (f"* `{row.method}` − `{row.vs}` ({row.test}): the design resolves gold differences larger than "
-                f"±{fmt(row.diff_ci)} (the interval half-width; a true difference of "
-                f"{fmt(stats.detectable_at_power(se, df))} is detected with 80% power). ")
-        if replicates > 1:
-            share = between / (between + row.var_within / seeds) if between + row.var_within > 0 else math.nan
-            text += (f"Outer replicates carry {fmt(100 * share, 0)}% of the variance of a replicate's difference. "
-                     f"Halving it takes {cost['replicates_needed']} replicates instead of {replicates}"
-                     + (f", or {cost['seeds_needed']} seeds per replicate instead of {seeds}."
-                        if cost["seeds_needed"] else "; more seeds alone cannot halve it."))
-        else:
-            text += (f"Halving it takes {cost['seeds_needed']} seeds per method instead of {seeds} "
-                     f"({2 * cost['seeds_needed']} PPO runs instead of {2 * seeds}; ≈4× asymptotically, fewer here "
-                     "because the t quantile shrinks). One replicate: the interval leaves out the variance of "
-                     "redrawing the SFT pair and the reward model.")
-        lines.append(text)
-    return ["## Power", "", *lines, ""] if lines else []
-
-
-def render_matched(matched: pd.DataFrame) -> list[str]:
-    lines = ["## Gold at matched KL to the first SFT", "",
-             "Per method family, gold is fitted against sqrt(KL to the first SFT) over all its β and seeds "
-             "(degree: 2 with ≥3 β, 1 with 2, the mean with 1; salsa.stats.fit_curve) and compared at KL levels "
-             "both families' runs cover; intervals: percentile bootstrap over runs resampled within β.", ""]
-    covered = matched[matched.note == ""] if "kl" in matched.columns else matched.iloc[0:0]
-    if len(covered):
-        covered = covered.assign(interval=[f"{fmt(d)} [{fmt(lo)}, {fmt(hi)}]" + (" *" if x else "")
-                                           for d, lo, hi, x in zip(covered["diff"], covered.lower, covered.upper,
-                                                                   covered.excludes_zero)])
-        lines += [markdown_table(covered, ["family", "vs", "kl", "gold_id", "vs_gold_id", "interval",
-                                           "fit_degree", "vs_fit_degree"]),
-                  "", "* = the interval excludes 0 (levels of one pair share runs: not independent tests).", ""]
-    for _, row in matched[matched.note != ""].iterrows():
-        lines.append(f"* `{row.family}` vs `{row.vs}`: {row.note} (KL {row.kl_range} vs {row.vs_kl_range}).")
-    return lines + [""]
-
-
-def matched_kl_frame(frame: pd.DataFrame, reference_method: str, n_boot: int, seed: int) -> pd.DataFrame:
+def matched_kl_frame(frame: pd.DataFrame, reference_method: str) -> pd.DataFrame:
+    """Every family against the reference family at matched KL, on both KL axes (salsa.matched_kl)."""
     ppo = ppo_runs(frame)
-    if "kl_sft_id" not in ppo.columns or "gold_id" not in ppo.columns:
+    if "gold_id" not in ppo.columns:
         return pd.DataFrame()
     reference = stats.split_sweep(reference_method)[0]
     families = [f for f in dict.fromkeys(ppo.family) if f != reference]
-    parts = [stats.matched_kl(ppo, family, reference, n_boot=n_boot, seed=seed) for family in families]
+    parts = [matched_kl.matched_kl(ppo, family, reference, kl=axis) for axis in matched_kl.AXES
+             if axis in ppo.columns for family in families]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -430,11 +334,25 @@ def fitted_curves(frame: pd.DataFrame) -> dict:
     curves = {}
     for family, runs in ppo.dropna(subset=["kl_sft_id", "gold_id"]).groupby("family", sort=False):
         if runs.stratum.nunique() < 2:
-            continue  # one β: the fit is a constant, the points say as much
+            continue  # one β: a point, not a curve
         grid = np.linspace(max(runs.kl_sft_id.min(), 0.0), runs.kl_sft_id.max(), 50)
-        coefficients = stats.fit_curve(runs.kl_sft_id, runs.gold_id, stats.fit_degree(runs.stratum.nunique()))
-        curves[family] = (grid, np.polyval(coefficients, np.sqrt(grid)))
+        degree = matched_kl.fit_degree(runs.stratum.nunique())
+        curves[family] = (grid, np.polyval(matched_kl.fit_curve(runs.kl_sft_id, runs.gold_id, degree), np.sqrt(grid)))
     return curves
+
+
+def method_starts(results: Path, frame: pd.DataFrame) -> dict[str, str]:
+    """PPO/DPO method -> the model id (without its replicate) its runs started from, per their metadata."""
+    method_of = dict(zip(frame.model, frame.method))
+    return {method_of[run]: split_replicate(start)[1] for run, start in same_prompts.start_pairs(results, frame)}
+
+
+def endpoints(config: TablesConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    primary = preregistration.Endpoint.parse(config.primary, "--primary")
+    secondary = [preregistration.Endpoint.parse(s, "--secondary") for s in config.secondary]
+    needs_starts = any(e.at == "gain_over_start" for e in (primary, *secondary))
+    starts = method_starts(Path(config.results), frame) if needs_starts else {}
+    return preregistration.endpoints_frame(primary, secondary, frame, ppo_runs(frame), starts, config.alpha)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -446,24 +364,28 @@ def main(argv: list[str] | None = None) -> None:
     if any(len(c) != 4 for c in contrasts):
         raise artifacts.StageError(f"--contrasts {config.contrasts}: each is a:b:c:d")
     comparisons = compare_methods(frame, config.reference_method, shown_metrics(frame), pairs, contrasts)
-    matched = matched_kl_frame(frame, config.reference_method, config.n_boot, config.seed)
+    matched = matched_kl_frame(frame, config.reference_method)
+    tested = endpoints(config, frame)
     singles = same_prompts.single_model_differences(Path(config.results), frame, config.n_boot, config.seed)
     starts = same_prompts.run_start_differences(Path(config.results), frame, config.n_boot, config.seed)
     partners = method_partners(list(dict.fromkeys(ppo_runs(frame).method)), config.reference_method, pairs)
     seed_pairs = same_prompts.run_partner_differences(Path(config.results), frame, partners, config.n_boot,
                                                       config.seed)
     rewards = reward_models_frame(Path(config.results), config.reward_models, frame)
+    reward_pairs = pair_tests(Path(config.results), config.reward_models)
     with artifacts.atomic_dir(config.out) as tmp:
         frame.to_csv(tmp / "summary.csv", index=False)
         agg.to_csv(tmp / "methods.csv", index=False)
         comparisons.to_csv(tmp / "comparisons.csv", index=False)
         matched.to_csv(tmp / "matched_kl.csv", index=False)
+        tested.to_csv(tmp / "endpoints.csv", index=False)
         singles.to_csv(tmp / "single_models.csv", index=False)
         rewards.to_csv(tmp / "reward_models.csv", index=False)
+        reward_pairs.to_csv(tmp / "reward_model_pairs.csv", index=False)
         starts.to_csv(tmp / "runs_vs_start.csv", index=False)
         seed_pairs.to_csv(tmp / "runs_vs_partner.csv", index=False)
         (tmp / "summary.md").write_text(render_markdown(frame, agg, comparisons, matched, config, singles, rewards,
-                                                        starts, seed_pairs))
+                                                        starts, seed_pairs, tested, reward_pairs))
         plot_curves(Path(config.results), frame, tmp / "ppo_curves.png")
         plot_frontier(frame, tmp / "frontier.png", fitted_curves(frame))
         artifacts.write_metadata(tmp, "tables", config, config.seed)
