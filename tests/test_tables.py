@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from salsa import tables
+from salsa import summary_sections, tables
 
 
 def run_frame(values: dict, replicate_prefix: str = "") -> pd.DataFrame:
@@ -155,7 +155,7 @@ def test_power_without_gold_says_nothing_and_does_not_crash():
     frame = run_frame({"ppo": [math.nan], "salsa": [math.nan]})
     comparisons = tables.compare_methods(frame, "ppo", ["gold_id"])
     assert math.isnan(comparisons.iloc[0].seeds)
-    assert tables.render_power(comparisons, "salsa") == []
+    assert summary_sections.render_power(comparisons, "salsa", "ppo") == []
 
 
 def test_pairs_replace_the_partner_and_contrasts_difference_two_differences():
