@@ -318,7 +318,19 @@ def _sharded(config: dict, stage: str) -> str | None:
 
 
 def _check_backends(config: dict) -> Iterator[str]:
-    """What a sharded backend cannot do (salsa.distributed), refused before any job runs."""
+    """Batch geometry and what a sharded backend cannot do (salsa.distributed), refused before any job runs."""
+    table = config.get("resources") or {}
+    for stage in ("base_model", "sft", "reward_model"):
+        block = config.get(stage) or {}
+        micro, batch = int(block.get("micro_batch_size") or 0), int(block.get("batch_size") or 0)
+        gpus = max(1, int((table.get(stage) or {}).get("gpus") or (table.get("default") or {}).get("gpus") or 1))
+        if micro and batch and (batch % gpus or (batch // gpus) % micro):
+            yield (f"{stage}.micro_batch_size {micro} must divide the per-process batch (batch_size {batch} / "
+                   f"{gpus} processes)")
+    for name, params in ppo_methods(config).items():
+        micro, mini = int(params.get("micro_batch_size") or 0), int(params.get("mini_batch_size") or 0)
+        if micro and mini and mini % micro:
+            yield f"ppo (method {name}): micro_batch_size {micro} must divide mini_batch_size {mini}"
     for stage in ("base_model", "sft"):
         backend = _sharded(config, stage)
         if backend and (config.get(stage) or {}).get("lora_r", 0) > 0:

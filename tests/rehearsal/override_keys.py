@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 # leaf keys that are sizes wherever they appear: steps, batch sizes, lengths, sample counts
 SIZE_KEYS = frozenset({
-    "steps", "updates", "batch_size", "mini_batch_size", "checkpoint_every",
+    "steps", "updates", "batch_size", "mini_batch_size", "micro_batch_size", "checkpoint_every",
     "max_length", "max_new_tokens", "max_prompt_length", "max_response_length", "max_conversation_length",
     "judge_max_tokens", "max_prompts", "max_questions",
     "n_pretrain", "n_sft", "n_prefs_train", "n_prefs_eval", "n_ppo_prompts", "n_eval_id", "n_eval_ood",
