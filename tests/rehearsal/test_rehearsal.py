@@ -40,11 +40,11 @@ OVERLAYS = {   # rehearsal -> the overlays it stacks, as their headers say to ru
 FAMILY = {"llama2-7b": ("llama", "<|assistant|>"), "judge-open-weight": ("llama", "<|assistant|>"), "mistral-7b": ("mistral", "<|assistant|>"),
           "gemma-2b": ("gemma", "<start_of_turn>")}
 # a rehearsal that adds to another's run (its overlay sets no experiment of its own) shares its results
-SHARES_RESULTS = {"smollm2-bench": "smollm2-gold", "judge-open-weight": "llama2-7b"}
-# Rules forced on a shared run: switching the judge (judge_model, base_url) on a finished run reruns only
-# judge_preflight, not the judges, though `snakemake --list-params-changes` lists their outputs (a fault,
-# reported); forcing them rehearses the overlay's own judge path.
-FORCED = {"judge-open-weight": ["--forcerun", "evaluate_judge"]}
+# judge-open-weight runs its whole stack in its own directory: on llama2-7b's finished run, switching the judge
+# (judge_model, base_url) reruns only judge_preflight, not the judges (a fault, reported), and --forcerun did
+# not rerun them under pytest either, so the judges would be llama2-7b's
+SHARES_RESULTS = {"smollm2-bench": "smollm2-gold"}
+FORCED: dict[str, list[str]] = {}
 TIMEOUT_S = 1200
 PROCESSES = 2   # what the overrides give a stage that asks for a node's GPUs
 
