@@ -69,11 +69,6 @@ def zero_stage(accelerator) -> int:
     return int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
 
 
-def partitions_parameters(accelerator) -> bool:
-    """ZeRO-3 or FSDP: a forward pass on one rank needs the others (same number of calls everywhere)."""
-    from accelerate.utils import DistributedType
-
-    return zero_stage(accelerator) == 3 or accelerator.distributed_type == DistributedType.FSDP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,12 +134,6 @@ def configure_batching(accelerator, batching: Batching, max_grad_norm: float = 1
     ds["gradient_clipping"] = max_grad_norm
 
 
-def check_world(accelerator) -> int:
-    """The real world size; refuses a launch whose processes disagree with torch.distributed."""
-    world = world_size()
-    if world > 1 and not dist_ready():
-        raise StageError("torch.distributed is not initialised but several processes were launched")
-    return world
 
 
 def shard(indices: torch.Tensor) -> torch.Tensor:
@@ -152,8 +141,6 @@ def shard(indices: torch.Tensor) -> torch.Tensor:
     return indices[rank()::world_size()]
 
 
-def micro_batches(indices: torch.Tensor, batching: Batching) -> list[torch.Tensor]:
-    return list(indices.split(batching.micro))
 
 
 # --- collectives --------------------------------------------------------------------
@@ -264,7 +251,3 @@ def peak_memory_mb(device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}

@@ -15,8 +15,7 @@ import torch
 
 from salsa import artifacts
 from salsa.args import arg, parse
-from salsa.modeling import (keep_trainable_in_fp32, load_causal_lm, load_tokenizer, mixed_precision_mode,
-                            save_model)
+from salsa.modeling import keep_trainable_in_fp32, load_causal_lm, load_tokenizer, save_model
 from salsa import distributed, training
 
 

@@ -290,10 +290,6 @@ def finite_or_raise(value: float, what: str) -> float:
     return value
 
 
-def optimizer_step(accelerator, model, optimizer, scheduler, loss, max_grad_norm: float = 1.0) -> None:
-    """Backward, clip, step the optimiser and the schedule, clear gradients (one micro-batch per step)."""
-    accelerator.backward(loss)
-    finish_step(accelerator, model, optimizer, scheduler, max_grad_norm)
 
 
 @contextlib.contextmanager
