@@ -5,6 +5,8 @@ import os
 import shlex
 import sys
 
+from salsa.model_specs import hub_spec, is_gguf
+
 # Jobs run `python -m salsa.<stage>`: make that the interpreter running Snakemake
 # (e.g. .venv/bin/python) unless a conda env (--sdm conda) is activated on top.
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.getenv("PATH", "")]))
@@ -142,14 +144,15 @@ def model_path(ref):
     return os.path.join(model_dir(ref), "model") if trained else model_dir(ref)
 
 
-def is_gguf(model):
-    return model.startswith("pypi:") or "::" in model or model.endswith(".gguf")
-
-
 def base_model_path():
-    """Where SFT starts: the tiny Llama trained here (or a GGUF model dequantised there), or the named model."""
+    """Where SFT starts: the tiny Llama trained here (or a GGUF model dequantised there), or the named
+    model, as MODEL@REVISION when base_model.revision pins it (every stage loads that commit)."""
     model = config["base_model"].get("model") or ""
-    return result("base_model") if not model or is_gguf(model) else model
+    return result("base_model") if not model or is_gguf(model) else pinned_base_model()
+
+
+def pinned_base_model():
+    return hub_spec(config["base_model"]["model"], config["base_model"].get("revision") or "")
 
 
 # --- data ----------------------------------------------------------------------
@@ -162,7 +165,7 @@ def data_args():
     if data_source() == "hub":
         hub = dict(config["data"].get("hub", {}))
         if "tokenizer" not in hub and config["base_model"].get("model"):
-            hub["tokenizer"] = config["base_model"]["model"]  # count lengths in the model's own tokens
+            hub["tokenizer"] = pinned_base_model()  # count lengths in the model's own tokens
         return f"--source hub {cli({'seed': config['data'].get('seed', 0), **hub})}"
     return cli(config["data"], skip={"source", "hub"})
 
@@ -254,6 +257,17 @@ def reward_model_ids():
 
 def reward_settings(name):
     return {**config["reward_model"], **config.get("reward_models", {})[name]}
+
+
+def reward_probe_head(rep=None):
+    """The shared linear probe a reward model starts from (reward_probe.enabled), as an input; else none."""
+    if not config.get("reward_probe", {}).get("enabled"):
+        return []
+    return [result(*([f"rep{rep}"] if rep is not None else []), "reward_probe")]
+
+
+def init_head_flag(rep=None):
+    return "".join(f" --init-head {path}/score_head.safetensors" for path in reward_probe_head(rep))
 
 
 def reward_soup_settings(name):

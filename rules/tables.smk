@@ -11,6 +11,7 @@ rule tables:
         csv=report(result("tables", "summary.csv"), category="Summary"),
         endpoints=report(result("tables", "endpoints.csv"), category="Summary"),
         reward_model_pairs=result("tables", "reward_model_pairs.csv"),
+        reward_ensembles=result("tables", "reward_ensembles.csv"),
         comparisons=report(result("tables", "comparisons.csv"), category="Summary",
                            caption="../docs/report/comparisons.rst"),
         matched_kl=report(result("tables", "matched_kl.csv"), category="Summary",

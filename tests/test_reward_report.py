@@ -78,3 +78,32 @@ def test_reward_models_are_compared_with_mcnemar_on_the_shared_pairs(tmp_path):
     (tmp_path / "reward_model" / "reward_eval.json").write_text(json.dumps({"eval": {"correct": [1, 0]}}))
     with pytest.raises(tables.artifacts.StageError, match="not the same held-out pairs"):
         reward_report.pair_tests(tmp_path, ["reward_soup/uniform", "reward_model"])
+
+
+def test_a_reward_soup_is_compared_with_its_ingredients_prediction_ensemble(tmp_path):
+    """Hand-computed: a's margins over its std 1 and b's over its std 2 average to [-0.5, 0, 1.5, 0], so the
+    ensemble ranks the pairs [0, 0.5, 1, 0.5]; the soup ranks them [1, 1, 1, 0]: 1.5 pairs only the soup gets,
+    0.5 only the ensemble, difference 0.25. (Raw margins averaged would give [0, 1, 1, 1]: difference 0.)"""
+    root = tmp_path / "exp"
+    models = {"reward/a": ([1.0, -1.0, 2.0, -0.5], 1.0), "reward/b": ([-4.0, 2.0, 2.0, 1.0], 2.0)}
+    for name, (margin, std) in models.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "reward_eval.json").write_text(json.dumps({"eval": {"margin": margin}}))
+        (root / name / "reward_normalization.json").write_text(json.dumps({"mean": 0.0, "std": std}))
+        (root / name / "salsa_meta.json").write_text(json.dumps({"stage": "reward_model", "config": {}}))
+    soup = root / "reward_soup" / "u"
+    soup.mkdir(parents=True)
+    (soup / "reward_eval.json").write_text(json.dumps({"eval": {"correct": [1, 1, 1, 0]}}))
+    (soup / "salsa_meta.json").write_text(json.dumps({"stage": "reward_soup", "config": {
+        "inputs": [str(root / "reward/a"), str(root / "reward/b")]}}))
+    assert reward_report.ensemble_correct(root, ["reward/a", "reward/b"]) == [0.0, 0.5, 1.0, 0.5]
+    table = reward_report.ensemble_tests(root, ["reward/a", "reward/b", "reward_soup/u"])
+    assert list(table.reward) == ["reward_soup/u"]      # trained reward models have no ensemble
+    row = table.iloc[0]
+    assert (row.ingredients, row.soup_accuracy, row.ensemble_accuracy) == (2, 0.75, 0.5)
+    assert (row["diff"], row.only_a, row.only_b) == (0.25, 1.5, 0.5)
+    # exact McNemar: the half pairs round (to even) to 2 soup-only and 0 ensemble-only wins; scipy's binomtest
+    from scipy.stats import binomtest
+    assert row.p == pytest.approx(binomtest(2, 2, 0.5).pvalue)
+    lines = reward_report.render_ensemble_tests(table, lambda v, d=3: f"{v:.{d}f}")
+    assert "| reward_soup/u | 2 | 0.750 | 0.500 | 0.250 ± " in "\n".join(lines)

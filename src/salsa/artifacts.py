@@ -245,7 +245,7 @@ def set_threads(threads: int | None) -> None:
 def run_main(main_fn, argv: list[str] | None = None) -> int:
     """Run a stage's main, turning StageError into a one-line message and exit 1 (recorded for salsa.launch)."""
     try:
-        main_fn(argv)
+        code = main_fn(argv)
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         marker = os.environ.get("SALSA_STAGE_ERROR_FILE")
@@ -253,4 +253,4 @@ def run_main(main_fn, argv: list[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 Path(marker).write_text(f"error: {err}\n")
         return 1
-    return 0
+    return code if type(code) is int else 0  # a main may report a verdict (salsa pin: 1 = not pinned)

@@ -14,6 +14,7 @@ import dataclasses
 
 from salsa import artifacts
 from salsa.args import arg, parse
+from salsa.artifacts import StageError
 from salsa.sft import SFTConfig, train
 
 
@@ -22,6 +23,7 @@ class BaseModelConfig(SFTConfig):
     """Pretrain a tiny Llama on the task text (or resolve a Hub model)."""
 
     model: str = arg("", help="a Hub id or local model to use as the base; empty = train a tiny Llama")
+    revision: str = arg("", help="Hub revision of --model: a commit sha pins it (later stages load MODEL@REVISION)")
     tokenizer: str = arg("", help="tokenizer directory for the tiny Llama")
     hidden_size: int = arg(64, help="tiny Llama: hidden size")
     num_layers: int = arg(2, help="tiny Llama: transformer layers")
@@ -36,6 +38,8 @@ class BaseModelConfig(SFTConfig):
         super().validate()
         if not self.model and not self.tokenizer:
             raise ValueError("--tokenizer is required when no --model is given")
+        if self.revision and not self.model:
+            raise ValueError("--revision needs --model (a Hub id)")
 
 
 def tiny_llama(config: BaseModelConfig, tokenizer):
@@ -51,21 +55,47 @@ def tiny_llama(config: BaseModelConfig, tokenizer):
     return LlamaForCausalLM(llama)
 
 
+def hub_commit(model: str, revision: str = "") -> str | None:
+    """The commit a Hub id resolves to at `revision` (default main): from the HF cache when it holds
+    the model (offline too), else from the Hub. None for a local directory. A revision the Hub does
+    not know, or a model neither cached nor reachable, ends the stage here, before any SFT job."""
+    import os
+
+    if os.path.isdir(model):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json", revision=revision or None)
+    if isinstance(cached, str):  # .../snapshots/<commit>/config.json
+        return os.path.basename(os.path.dirname(cached))
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().model_info(model, revision=revision or None).sha
+    except Exception as err:  # offline, network, auth, unknown revision: all end the stage the same way
+        at = f"@{revision}" if revision else ""
+        raise StageError(f"{model}{at}: not in the HF cache ({os.environ.get('HF_HUB_CACHE', 'default cache')}) "
+                         f"and the Hub did not resolve it: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
-    from salsa.modeling import is_gguf, load_causal_lm, load_tokenizer, resolve_model_path, save_model
+    from salsa.modeling import hub_spec, is_gguf, load_causal_lm, load_tokenizer, resolve_model_path, save_model
 
     config = parse(BaseModelConfig, argv)
+    spec = hub_spec(config.model, config.revision)
     if config.model and is_gguf(config.model):
-        tokenizer, model = load_tokenizer(config.model), load_causal_lm(config.model, config.dtype)
+        tokenizer, model = load_tokenizer(spec), load_causal_lm(spec, config.dtype)
         with artifacts.atomic_dir(config.out) as tmp:
             save_model(model, tokenizer, tmp)
             artifacts.write_json(tmp / "base_model.json", {"model": config.model, "dequantized_to": config.dtype})
             artifacts.write_metadata(tmp, "base_model", config, config.seed)
         print(f"base_model: dequantised {config.model} to {config.dtype} -> {config.out}")
         return
-    if config.model:  # a pretrained model: record which one, train nothing
+    if config.model:  # a pretrained model: record which one (and, from the Hub, which commit), train nothing
+        pointer = {"model": resolve_model_path(config.model), "revision": config.revision or None,
+                   "commit": hub_commit(config.model, config.revision)}
         with artifacts.atomic_dir(config.out) as tmp:
-            artifacts.write_json(tmp / "base_model.json", {"model": resolve_model_path(config.model)})
+            artifacts.write_json(tmp / "base_model.json", pointer)
             artifacts.write_metadata(tmp, "base_model", config, config.seed)
         print(f"base_model: using {config.model}")
         return

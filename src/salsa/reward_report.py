@@ -13,6 +13,7 @@ from __future__ import annotations
 from itertools import combinations
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from salsa import artifacts, stats
@@ -60,6 +61,73 @@ def pair_tests(results: Path, reward_ids: list[str]) -> pd.DataFrame:
             rows.append({"reward": a, "vs": b, **stats.mcnemar(scores[a], scores[b]), "note": ""})
     return pd.DataFrame(rows, columns=["reward", "vs", "diff", "diff_ci", "only_a", "only_b", "items", "p", "test",
                                        "note"])
+
+
+def soup_ingredients(results: Path, reward_id: str) -> list[str] | None:
+    """A reward soup's ingredients as paths under results/ (from its salsa_meta.json); None for a trained one."""
+    meta = artifacts.read_json(results / reward_id / "salsa_meta.json")
+    if meta.get("stage") != "reward_soup":
+        return None
+    found = []
+    for path in meta["config"]["inputs"]:
+        try:
+            found.append(Path(path).relative_to(results).as_posix())
+        except ValueError:
+            found.append(Path(path).as_posix())
+    return found
+
+
+def ensemble_correct(results: Path, ingredients: list[str]) -> list[float] | None:
+    """WARM's other baseline, the prediction ensemble: per held-out pair, the mean of the ingredients'
+    normalised margins (each model's margin over its reward_normalization.json std, the scale PPO sees),
+    scored 1 / 0.5 / 0 as a reward model's pairs are. None when an ingredient lacks per-pair margins."""
+    total = None
+    for reward in ingredients:
+        margin = artifacts.read_json(results / reward / "reward_eval.json")["eval"].get("margin")
+        if margin is None:
+            return None
+        std = float(artifacts.read_json(results / reward / "reward_normalization.json")["std"])
+        scaled = np.asarray(margin, dtype=float) / std
+        if total is not None and len(scaled) != len(total):
+            raise artifacts.StageError(f"{results / reward / 'reward_eval.json'}: eval.margin has {len(scaled)} "
+                                       f"pairs, the other ingredients {len(total)}: not the same held-out pairs")
+        total = scaled if total is None else total + scaled
+    mean = total / len(ingredients)
+    return ((mean > 0) + 0.5 * (mean == 0)).astype(float).tolist()
+
+
+def ensemble_tests(results: Path, reward_ids: list[str]) -> pd.DataFrame:
+    """Each reward soup against the prediction ensemble of its own ingredients, McNemar on the shared pairs."""
+    rows = []
+    for reward in reward_ids:
+        ingredients = soup_ingredients(results, reward)
+        if not ingredients:
+            continue
+        soup = artifacts.read_json(results / reward / "reward_eval.json")["eval"].get(PER_PAIR)
+        ensemble = ensemble_correct(results, ingredients)
+        if soup is None or ensemble is None:
+            rows.append({"reward": reward, "ingredients": len(ingredients), "note": "no per-pair scores"})
+            continue
+        rows.append({"reward": reward, "ingredients": len(ingredients), "soup_accuracy": float(np.mean(soup)),
+                     "ensemble_accuracy": float(np.mean(ensemble)), **stats.mcnemar(soup, ensemble), "note": ""})
+    return pd.DataFrame(rows)
+
+
+def render_ensemble_tests(table: pd.DataFrame, fmt) -> list[str]:
+    if table.empty:
+        return []
+    lines = ["### Reward soups against their ingredients' prediction ensemble (McNemar)", "",
+             "The ensemble averages the ingredients' normalised rewards per pair (WARM's other baseline: it costs "
+             "one forward per ingredient at PPO time, the soup one). Difference = soup - ensemble with its paired "
+             "95% interval (descriptive).", "",
+             "| reward soup | ingredients | soup | ensemble | difference | p |", "|---|---|---|---|---|---|"]
+    for _, row in table.iterrows():
+        if row.note:
+            lines.append(f"| {row.reward} | {row.ingredients} | {row.note} | – | – | – |")
+        else:
+            lines.append(f"| {row.reward} | {row.ingredients} | {fmt(row.soup_accuracy)} | {fmt(row.ensemble_accuracy)} "
+                         f"| {fmt(row['diff'])} ± {fmt(row.diff_ci)} | {row.p:.3g} |")
+    return lines + [""]
 
 
 def render_pair_tests(table: pd.DataFrame, fmt) -> list[str]:

@@ -25,7 +25,8 @@ import pandas as pd
 
 from salsa import artifacts, matched_kl, preregistration, same_prompts, stats
 from salsa.summary_sections import bracket, fmt, markdown_table, pm, render_comparisons, render_matched, render_power
-from salsa.reward_report import pair_tests, render_pair_tests, render_reward_models, reward_models_frame
+from salsa.reward_report import (ensemble_tests, pair_tests, render_ensemble_tests, render_pair_tests,
+                                 render_reward_models, reward_models_frame)
 from salsa.same_prompts import read_samples
 from salsa.plots import plot_curves, plot_frontier
 from salsa.args import arg, parse
@@ -260,7 +261,7 @@ def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.Data
                     config: TablesConfig, singles: pd.DataFrame | None = None,
                     rewards: pd.DataFrame | None = None, starts: pd.DataFrame | None = None,
                     seed_pairs: pd.DataFrame | None = None, endpoints: pd.DataFrame | None = None,
-                    reward_pairs: pd.DataFrame | None = None) -> str:
+                    reward_pairs: pd.DataFrame | None = None, ensembles: pd.DataFrame | None = None) -> str:
     metrics = shown_metrics(frame)
     baseline = config.baseline or config.models[0]
     parts = ["# Summary", "",
@@ -311,6 +312,8 @@ def render_markdown(frame: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.Data
         parts += render_reward_models(rewards, fmt)
     if reward_pairs is not None:
         parts += render_pair_tests(reward_pairs, fmt)
+    if ensembles is not None:
+        parts += render_ensemble_tests(ensembles, fmt)
     return "\n".join(parts)
 
 
@@ -373,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
                                                       config.seed)
     rewards = reward_models_frame(Path(config.results), config.reward_models, frame)
     reward_pairs = pair_tests(Path(config.results), config.reward_models)
+    ensembles = ensemble_tests(Path(config.results), config.reward_models)
     with artifacts.atomic_dir(config.out) as tmp:
         frame.to_csv(tmp / "summary.csv", index=False)
         agg.to_csv(tmp / "methods.csv", index=False)
@@ -382,10 +386,11 @@ def main(argv: list[str] | None = None) -> None:
         singles.to_csv(tmp / "single_models.csv", index=False)
         rewards.to_csv(tmp / "reward_models.csv", index=False)
         reward_pairs.to_csv(tmp / "reward_model_pairs.csv", index=False)
+        ensembles.to_csv(tmp / "reward_ensembles.csv", index=False)
         starts.to_csv(tmp / "runs_vs_start.csv", index=False)
         seed_pairs.to_csv(tmp / "runs_vs_partner.csv", index=False)
         (tmp / "summary.md").write_text(render_markdown(frame, agg, comparisons, matched, config, singles, rewards,
-                                                        starts, seed_pairs, tested, reward_pairs))
+                                                        starts, seed_pairs, tested, reward_pairs, ensembles))
         plot_curves(Path(config.results), frame, tmp / "ppo_curves.png")
         plot_frontier(frame, tmp / "frontier.png", fitted_curves(frame))
         artifacts.write_metadata(tmp, "tables", config, config.seed)
