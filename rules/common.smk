@@ -289,11 +289,14 @@ def first_sft(model=None):
 
 
 def benchmark_models(benchmark):
-    """The models a benchmark answers and judges: `models` (in every replicate) and/or the PPO and DPO runs
-    of `seeds`; without either, every evaluated model."""
+    """The models a benchmark answers and judges: `models` (in every replicate, or in `replicates`) and/or the
+    PPO and DPO runs of `seeds`; without either, every evaluated model."""
     spec = config.get("benchmarks", {}).get(benchmark, {})
     chosen, seeds = spec.get("models"), spec.get("seeds")
     models = [in_replicate(m, r) for r in replicate_numbers() for m in chosen] if chosen else evaluated_models()
+    if spec.get("replicates"):
+        # a run without outer replicates is replicate 1
+        models = [m for m in models if (split_replicate(m)[0] or 1) in spec["replicates"]]
     if seeds:
         models = [m for m in models if split_replicate(m)[1].startswith(("ppo/", "dpo/"))
                   and int(m.rsplit("seed", 1)[1]) in seeds]

@@ -159,6 +159,10 @@ def _check_models(config: dict) -> Iterator[str]:
             if spec.get("seeds") and not set(spec["seeds"]) & run_seeds:
                 yield (f"benchmarks.{name}.seeds: {spec['seeds']} selects no PPO or DPO run (their seeds: "
                        f"{sorted(run_seeds)}); use seeds: [] for every model")
+            outer = config.get("replicates") or [1]   # a run without outer replicates is replicate 1
+            unknown = sorted(set(spec.get("replicates") or []) - set(outer))
+            if unknown:
+                yield f"benchmarks.{name}.replicates: {unknown} not among the run's replicates {outer}"
     tables = config.get("tables") or {}
     yield from refs("tables.baseline", tables.get("baseline"), evaluated)
     methods = list(ppo_methods(config))
