@@ -37,9 +37,9 @@ def test_default_config_dry_run(tmp_path):
     proc = snakemake(tmp_path, "-n", "--configfile", DEFAULT)
     rules = scheduled_rules(proc.stdout)
     # three outer replicates, each with its own SFT pair, soup and reward model; one PPO seed of 2 methods and
-    # one more PPO β (ppo.kl_arms) each; the embedded benchmark protocols on replicate 1's PPO and SALSA runs
-    assert rules["sft"] == 6 and rules["soup"] == 3 and rules["reward_model"] == 3 and rules["ppo"] == 9
-    assert "results/toy/rep3/ppo/ppo-kl_coef0.02/seed1" in proc.stdout
+    # 2 more PPO βs (ppo.kl_arms) each; the embedded benchmark protocols on replicate 1's PPO and SALSA runs
+    assert rules["sft"] == 6 and rules["soup"] == 3 and rules["reward_model"] == 3 and rules["ppo"] == 12
+    assert "results/toy/rep3/ppo/ppo-kl_coef0.01/seed1" in proc.stdout
     assert rules["tables"] == 1 and rules["landscape"] == 1
     # answers: PPO and SALSA per protocol, plus the arena's baseline; judged: the two runs per protocol
     assert rules["evaluate_answers"] == 5 and rules["evaluate_judge"] == 4, rules

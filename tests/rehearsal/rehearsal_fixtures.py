@@ -83,13 +83,30 @@ def ultrafeedback_rows(split: str, n: int, rng: random.Random) -> list[dict]:
 
 # ---------------------------------------------------------------- the Hub cache layout
 
+def pinned_commits() -> dict[str, str]:
+    """Hub id -> the commit the shipped overlays pin it to (salsa pin's reading of them): the fixture repos
+    sit at those commits, so the overlays run as shipped, their revisions included."""
+    from salsa import pin
+
+    repo = Path(__file__).resolve().parents[2]
+    pinned: dict[str, str] = {}
+    for overlay in sorted((repo / "config" / "experiments").glob("*.yaml")):
+        config = pin.merged_config([str(repo / "config" / "config.yaml"), str(overlay)])
+        for item in pin.hub_inputs(config):
+            if item.revision and pinned.setdefault(item.repo_id, item.revision) != item.revision:
+                raise ValueError(f"{overlay.name}: {item.repo_id} pinned to {item.revision}, another overlay to "
+                                 f"{pinned[item.repo_id]}: one fixture commit cannot serve both")
+    return pinned
+
+
 def write_repo(hf_home: Path, kind: str, repo_id: str, files: dict[str, bytes], commit: str | None = None) -> Path:
-    """blobs/<sha256>, snapshots/<commit>/<path> -> ../../blobs/<sha256>, refs/main; returns the snapshot."""
+    """blobs/<sha256>, snapshots/<commit>/<path> -> ../../blobs/<sha256>, refs/main; returns the snapshot.
+    The commit is the one the overlays pin the repo to, else a digest of the files."""
     repo = hf_home / "hub" / f"{kind}s--{repo_id.replace('/', '--')}"
     digest = hashlib.sha1(COMMIT_SALT.encode())
     for path in sorted(files):
         digest.update(path.encode() + hashlib.sha256(files[path]).digest())
-    commit = commit or digest.hexdigest()
+    commit = commit or pinned_commits().get(repo_id) or digest.hexdigest()
     snapshot = repo / "snapshots" / commit
     for path, content in files.items():
         blob = repo / "blobs" / hashlib.sha256(content).hexdigest()
