@@ -94,7 +94,7 @@ def test_a_reward_soup_is_compared_with_its_ingredients_prediction_ensemble(tmp_
     soup = root / "reward_soup" / "u"
     soup.mkdir(parents=True)
     (soup / "reward_eval.json").write_text(json.dumps({"eval": {"correct": [1, 1, 1, 0]}}))
-    (soup / "salsa_meta.json").write_text(json.dumps({"stage": "reward_soup", "config": {
+    (soup / "salsa_meta.json").write_text(json.dumps({"stage": "soup", "config": {   # as salsa.soup writes it
         "inputs": [str(root / "reward/a"), str(root / "reward/b")]}}))
     assert reward_report.ensemble_correct(root, ["reward/a", "reward/b"]) == [0.0, 0.5, 1.0, 0.5]
     table = reward_report.ensemble_tests(root, ["reward/a", "reward/b", "reward_soup/u"])

@@ -64,9 +64,10 @@ def pair_tests(results: Path, reward_ids: list[str]) -> pd.DataFrame:
 
 
 def soup_ingredients(results: Path, reward_id: str) -> list[str] | None:
-    """A reward soup's ingredients as paths under results/ (from its salsa_meta.json); None for a trained one."""
+    """A reward soup's ingredients as paths under results/ (its salsa_meta.json, which the soup code writes
+    under stage "soup", config.inputs); None for a trained reward model."""
     meta = artifacts.read_json(results / reward_id / "salsa_meta.json")
-    if meta.get("stage") != "reward_soup":
+    if meta.get("stage") != "soup" or "inputs" not in meta.get("config", {}):
         return None
     found = []
     for path in meta["config"]["inputs"]:
