@@ -123,13 +123,14 @@ def test_a_pinned_hub_model_loads_offline_at_its_commit_and_the_base_stage_recor
     for revision, expected in (("", COMMIT), (COMMIT, COMMIT)):
         out = tmp_path / f"base{revision[:4]}"
         proc = subprocess.run([sys.executable, "-m", "salsa.base", "--model", "org/tiny", "--revision", revision,
-                               "--out", str(out)], capture_output=True, text=True, env=offline(cache), timeout=120)
+                               "--data", str(tiny["data"] / "pretrain"), "--out", str(out)], capture_output=True,
+                              text=True, env=offline(cache), timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
         pointer = yaml.safe_load((out / "base_model.json").read_text())
         assert pointer == {"model": "org/tiny", "revision": revision or None, "commit": expected}
     proc = subprocess.run([sys.executable, "-m", "salsa.base", "--model", "org/tiny", "--revision", OTHER,
-                           "--out", str(tmp_path / "bad")], capture_output=True, text=True, env=offline(cache),
-                          timeout=120)
+                           "--data", str(tiny["data"] / "pretrain"), "--out", str(tmp_path / "bad")],
+                          capture_output=True, text=True, env=offline(cache), timeout=120)
     assert proc.returncode == 1 and proc.stderr.startswith(f"error: org/tiny@{OTHER}: not in the HF cache"), (
         proc.stderr[-2000:])
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "bad").exists()
