@@ -12,10 +12,12 @@ from safetensors.torch import load_file
 from salsa import artifacts, ppo, sft
 from salsa.modeling import load_tokenizer
 
-# Float32 log-probs of the same tokens from the KV-cached sampling pass and the full scoring pass
-# differ by ~5e-7 (kernel rounding); scoring in bf16 what was sampled in fp32 shifts them by
-# ~4e-3 (bf16 keeps 8 significant bits; measured 3.4e-3 to 6.4e-3 on this model). 1e-4 sits between.
-SAMPLE_VS_SCORE_TOLERANCE = 1e-4
+# Under one bf16 autocast, the KV-cached sampling pass and the full scoring pass of the same tokens
+# differ by what bf16 kernels of different shapes round differently: ~5e-7 on one CPU, 0.031 on another
+# (a 2-core AMD EPYC without AVX-512, the tiny Llama, cached vs full forward). A numeric bound cannot
+# tell "sampled under the scoring autocast" from "sampled in fp32" (~4e-3) on every CPU, so the test
+# records the autocast each sampling call runs under, and bounds the gap only loosely (same tokens).
+SAMPLE_VS_SCORE_TOLERANCE = 0.1
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +49,15 @@ def test_bf16_sft_moves_every_trainable_weight_under_a_1e5_step(tiny, tmp_path):
     assert min(moved.values()) > 0.99, moved  # in bf16, weights above ~0.005 cannot move by 1e-5
 
 
-def test_bf16_ppo_samples_under_the_autocast_that_scores_and_trains_fp32_weights(tiny, tmp_path):
+def test_bf16_ppo_samples_under_the_autocast_that_scores_and_trains_fp32_weights(tiny, tmp_path, monkeypatch):
+    sampled_under = []
+    original = ppo.sample
+
+    def recording_sample(*args, **kwargs):
+        sampled_under.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "sample", recording_sample)
     out = tmp_path / "ppo"
     ppo.main(["--policy", str(tiny["sft1"]), "--reference", str(tiny["sft1"]), "--reward-model",
               str(tiny["reward"]), "--data", str(tiny["data"]), "--out", str(out), "--updates", "2",
@@ -56,6 +66,7 @@ def test_bf16_ppo_samples_under_the_autocast_that_scores_and_trains_fp32_weights
     meta = json.loads((out / artifacts.METADATA_FILE).read_text())
     assert meta["config"]["dtype"] == "bfloat16"
     metrics = pd.read_csv(out / "metrics.csv")
+    assert sampled_under and set(sampled_under) == {(True, torch.bfloat16)}, sampled_under
     assert (metrics["sample_logprob_gap"] <= SAMPLE_VS_SCORE_TOLERANCE).all(), metrics["sample_logprob_gap"]
     assert metrics["kl"][0] == 0.0  # the reference holds the policy's dtypes: no spurious KL at init
     moved = moved_fraction(load_file(out / "model" / "model.safetensors"),
