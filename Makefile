@@ -15,7 +15,7 @@ TEST_WORKERS ?= $(CORES)
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: run test rehearse install clean-results
+.PHONY: run test test-slow rehearse install clean-results
 
 $(RUN_STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,13 @@ run: $(RUN_STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 	@echo "Tables: results/toy/tables/summary.md"
 
+# everything but the multi-minute end-to-end runs (marked slow), which .ci/run runs next with `make test-slow`
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile -m 'not rehearsal'
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile -m 'not rehearsal and not slow'
+
+# the whole tiny DAG and its caching, the SmolLM2 DAG, the DAG through a real SLURM, ZeRO-3 SFT and PPO killed and resumed
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=0 -n $(TEST_WORKERS) --dist loadfile -m 'slow and not rehearsal'
 
 # Every shipped real-model overlay end to end on CPU fixtures (tests/rehearsal/test_rehearsal.py), one after another
 rehearse: $(STAMP)

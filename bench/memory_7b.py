@@ -20,7 +20,8 @@ each without and with gradient checkpointing (use_reentrant=True, so the kept la
 tensor the hook sees; the non-reentrant default keeps the same input in its closure).
 
 Then src/salsa/memory.py turns the figures into per-stage, per-backend memory at the overlays'
-micro-batches and widths, and the micro-batch / checkpointing that fits 80 GiB.
+micro-batches and widths, and the micro-batch / checkpointing that fits 80 GiB. Writing BENCHMARKS.md
+also writes the per-layer figures to src/salsa/memory_measured.json, which `salsa plan` reads.
 
     .venv/bin/python bench/memory_7b.py              # writes the "Memory of the 7B overlays" section
     .venv/bin/python bench/memory_7b.py --no-write --json /tmp/memory.json
@@ -42,6 +43,7 @@ from saved_activations import FAMILIES, KIB, LORA_R, LORA_TARGETS, REGIMES, meas
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Memory of the 7B overlays"
+PACKAGED = REPO / "src" / "salsa" / "memory_measured.json"
 
 
 def versions() -> str:
@@ -84,20 +86,43 @@ def overlay_settings(name: str) -> dict:
     def stage(block: dict, resources: dict, width: int, batch: int, **extra) -> dict:
         gpus = resources["gpus"]
         return {"gpus": gpus, "accelerate_config": resources["accelerate_config"], "width": width, "batch": batch,
-                "micro_batch": block.get("micro_batch_size", batch // gpus),
+                "micro_batch": block.get("micro_batch_size") or batch // gpus, "lora_targets": LORA_TARGETS,
                 "checkpointing": bool(block.get("gradient_checkpointing", False))} | extra
 
     dpo_default = DPOConfig.__dataclass_fields__["batch_size"].default
     return {
-        "sft": stage(overlay["sft"], res["sft"], overlay["sft"]["max_length"], overlay["sft"]["batch_size"]),
+        "sft": stage(overlay["sft"], res["sft"], overlay["sft"]["max_length"], overlay["sft"]["batch_size"],
+                     lora_r=overlay["sft"].get("lora_r", 0)),
         "reward_model": stage(overlay["reward_model"], res["reward_model"], pair_width,
                               overlay["reward_model"]["batch_size"]),
         "dpo": stage({}, res["reward_model"], pair_width, dpo_default, response_width=hub["max_response_length"]),
         "ppo": stage(ppo, res["ppo"], hub["max_prompt_length"] + ppo["max_new_tokens"], ppo["batch_size"],
                      response_width=ppo["max_new_tokens"], lora_r=ppo["lora_r"], value_lora_r=ppo["value_lora_r"],
-                     targets=ppo["lora_target_modules"]) | {"micro_batch": ppo.get("micro_batch_size",
-                                                                                ppo["mini_batch_size"])},
+                     lora_targets=ppo["lora_target_modules"]) | {"micro_batch": ppo.get("micro_batch_size")
+                                                                                     or ppo["mini_batch_size"]},
     }
+
+
+# the Hub models each measured family stands for (salsa plan finds others by their config.json's layer shape)
+HUB_MODELS = {"llama2-7b": ["meta-llama/Llama-2-7b-hf"], "mistral-7b": ["mistralai/Mistral-7B-v0.1"],
+              "gemma-2b": ["google/gemma-2b"]}
+
+
+def packaged(results: dict) -> dict:
+    """The measurement as src/salsa/memory_measured.json holds it (salsa.stage_memory reads it)."""
+    families = {}
+    for family in sorted({key.split("/")[0] for key in results["measured"]}):
+        _, shape, layers, vocab, tied = FAMILIES[family]
+        families[family] = {
+            "hub_models": HUB_MODELS[family],
+            "architecture": {"vocab": vocab, "hidden": shape["hidden_size"], "intermediate": shape["intermediate_size"],
+                             "layers": layers, "heads": shape["num_attention_heads"],
+                             "kv_heads": shape["num_key_value_heads"], "head_dim": shape["head_dim"],
+                             "tied_embeddings": tied},
+            "regimes": {regime: measured_for(results, family, regime) for regime in REGIMES}}
+    source = {key: results[key] for key in ("date", "machine", "versions", "lengths", "micro_batch")}
+    return {"source": source | {"command": sanitized(results["command"]), "benchmark": "bench/memory_7b.py"},
+            "families": families}
 
 
 def architecture_of(family: str) -> dict:
@@ -111,33 +136,16 @@ def architecture_of(family: str) -> dict:
 
 def stage_peak(results: dict, family: str, stage: str, backend: str, setting: dict, micro_batch: int,
                checkpointing: bool) -> dict:
-    from salsa import memory
+    """salsa.stage_memory's figure; backend "lora" is DDP with r 64 adapters where the overlay trains in full."""
+    from salsa import stage_memory
 
-    arch = architecture_of(family)
-    shards = setting["gpus"] if backend in memory.SHARDED else 1
-    distributed = "ddp" if backend == "lora" else backend
-    shape = {k: arch[k] for k in ("hidden", "layers", "heads", "kv_heads", "head_dim")}
-    if stage == "ppo":
-        lora = backend == "lora"
-        policy_adapter = memory.lora_parameters(**shape, lora_r=setting["lora_r"], targets=setting["targets"]) if lora else 0
-        value_adapter = (memory.lora_parameters(**shape, lora_r=setting["value_lora_r"], targets=setting["targets"])
-                         + arch["hidden"] if lora and setting["value_lora_r"] else 0)
-        value_regime = REGIME_OF["lora"] if value_adapter else REGIME_OF[distributed]
-        return memory.ppo_memory(model=arch, backend=distributed, shards=shards, micro_batch=micro_batch,
-                                 width=setting["width"], response_width=setting["response_width"],
-                                 rollouts=setting["batch"] // setting["gpus"], checkpointing=checkpointing,
-                                 policy_measured=measured_for(results, family, REGIME_OF[backend]),
-                                 value_measured=measured_for(results, family, value_regime),
-                                 policy_adapter_params=policy_adapter, value_adapter_params=value_adapter,
-                                 reference_copy=not lora)
-    adapter = 0
     if backend == "lora":
-        adapter = memory.lora_parameters(**shape, lora_r=LORA_R, targets=LORA_TARGETS)
-        adapter += arch["hidden"] if stage == "reward_model" else 0  # the score head trains in full
-    return memory.training_memory(stage=stage, model=arch, backend=distributed, shards=shards, micro_batch=micro_batch,
-                                  width=setting["width"], checkpointing=checkpointing,
-                                  measured=measured_for(results, family, REGIME_OF[backend]),
-                                  response_width=setting.get("response_width", 0), adapter_params=adapter)
+        backend, setting = "ddp", setting | {"lora_r": setting.get("lora_r") or LORA_R,
+                                             "value_lora_r": setting.get("value_lora_r") or LORA_R}
+    else:
+        setting = setting | {"lora_r": 0, "value_lora_r": 0}
+    return stage_memory.stage_peak(packaged(results), family, architecture_of(family), stage, backend, setting,
+                                   micro_batch, checkpointing)
 
 
 def plan(results: dict) -> list[dict]:
@@ -254,15 +262,17 @@ def render(results: dict) -> str:
               ""]
     lines += breakdown_lines(results)
     lines += ["Per device, in GiB, from src/salsa/memory.py with these figures (its docstring lists what is and is "
-              "not counted). Configured: the overlay's per-process micro-batch (batch / GPUs: no gradient "
-              "accumulation today; PPO: mini_batch_size rollouts), padded width (SFT max_length; reward model and "
+              "not counted). Configured: the overlay's per-process micro-batch (micro_batch_size, else batch / GPUs; "
+              "PPO: micro_batch_size, else mini_batch_size rollouts), padded width (SFT max_length; reward model and "
               "DPO max_prompt_length + max_response_length, chosen and rejected in one forward; PPO "
-              "max_prompt_length + max_new_tokens) and checkpointing (only SFT sets it). The 7B overlays run no "
+              "max_prompt_length + max_new_tokens) and gradient_checkpointing. `salsa plan` prints the same "
+              "figures for a resolved config, from each job's own command. The 7B overlays run no "
               "DPO: its rows use DPOConfig's default batch (32 pairs) on the reward stage's GPUs, reference "
               "log-probs from the cache. PPO: policy and value trained, reward model (and, without LoRA, the "
               "reference) as bf16 device copies; generation holds the rollouts' KV cache and, under ZeRO-3/FSDP, the "
               "policy's gathered bf16 weights; the peak is the larger phase. LoRA rows: r 64 on q, k, v, o (PPO: "
-              "the overlay's lora_r / value_lora_r, reference = the policy with its adapter off). Fits: the largest "
+              "the overlay's lora_r / value_lora_r where set, else 64 for both; reference = the policy with its "
+              "adapter off). Fits: the largest "
               f"micro-batch dividing the per-process share, under {DEVICE_GIB} GiB less {RESERVE_GIB} GiB headroom "
               "(ours), without / with gradient checkpointing. (overlay): the backend the overlay configures.", "",
               "| overlay | stage | backend | GPUs | configured: micro-batch x width | states + frozen | update | "
@@ -335,6 +345,11 @@ def main() -> None:
             args.json.write_text(json.dumps(results, indent=2))
     markdown = render(results)
     benchmarks_md.publish(SECTION, markdown, results, args.json, write=not args.no_write)
+    if not args.no_write:  # what `salsa plan` reads (salsa.stage_memory)
+        tmp = PACKAGED.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(packaged(results), indent=1, sort_keys=True) + "\n")
+        tmp.replace(PACKAGED)
+        print(f"wrote {PACKAGED.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

@@ -148,18 +148,37 @@ def test_profiles_ask_for_the_preemption_signal_and_a_global_request_budget():
         assert yaml.safe_load((profile / "config.yaml").read_text())["resources"]["api_requests"] >= 1
 
 
-def test_salsa_plan_prints_the_gpu_hours_and_the_judge_bill(tmp_path):
+def test_salsa_plan_prints_the_gpu_hours_memory_per_gpu_disk_and_the_judge_bill(tmp_path):
     (tmp_path / "my-cluster.yaml").write_text("resources:\n  default: {slurm_partition: gpu}\n")
-    proc = subprocess.run([sys.executable, "-m", "salsa.cli", "plan", "-d", str(tmp_path), "-s", str(REPO / "Snakefile"),
-                           "--profile", str(PROFILES["slurm"]), "--configfile", DEFAULT,
-                           str(EXPERIMENTS / "llama2-7b.yaml"), str(tmp_path / "my-cluster.yaml")],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    command = [sys.executable, "-m", "salsa.cli", "plan", "-d", str(tmp_path), "-s", str(REPO / "Snakefile"),
+               "--profile", str(PROFILES["slurm"]), "--configfile", DEFAULT,
+               str(EXPERIMENTS / "llama2-7b.yaml"), str(tmp_path / "my-cluster.yaml")]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()}
+    hours, memory = proc.stdout.split("memory per device", 1)
+    rows = {line.split()[0]: line.split() for line in hours.splitlines() if line.split()}
     # ppo: 6 jobs x 8 GPUs x (ceil(300 updates x 30 s x 1.5 / 60) + 20 = 245 min)
     assert rows["ppo"][1:] == ["6", "8", "4.1", "196.0"]
-    assert rows["mt_bench"][3] == str(80 * 2 * 9) and rows["arena_hard_v0.1"][-1] == "$135.00"
-    assert re.search(r"^total: 61 jobs, [\d.]+ GPU-hours requested", proc.stdout, re.M)
+    assert re.search(r"^total: 61 jobs, [\d.]+ GPU-hours requested", hours, re.M)
+    # memory per device, from each job's own stage arguments and the packaged measurement
+    assert "meta-llama/Llama-2-7b-hf@01c7f73d771dfac7d292323805ebc428287df4f9 as llama2-7b, 6.74 B" in memory
+    table = {m[0]: m[1:] for m in re.findall(r"^(\w+) +(\d+) +(\w+) +(\d+) +(\d+ x \d+(?: ckpt)?) +([\d.]+) +([\d.]+) "
+                                             r"+([\d.]+)( over)?$", memory, re.M)}
+    # SFT, by hand: ZeRO-3 states 16 B x 6.74 B / 8 GPUs = 12.55 GiB; per GPU 64 / 8 = 8 sequences x 2048 tokens,
+    # checkpointed: 32 layers x 8 KiB kept + one layer's 182.13 KiB per token = 6.85 GiB, its mask 0.06, fp32
+    # logits 4 x 32000 x 16384 = 1.95, two gathered bf16 layers 0.75: 22.2 GiB. Saved in bf16 (13.5 GB); resume
+    # state bf16 weights + fp32 master + Adam, 14 B per parameter (94.3 GB)
+    assert table["sft"] == ("2", "zero3", "8", "8 x 2048 ckpt", "22.2", "13.5", "94.3", "")
+    assert table["reward_model"][:4] == ("1", "zero3", "8", "4 x 1536 ckpt")
+    assert table["ppo"][:4] == ("6", "zero3", "8", "2 x 768 ckpt") and not table["ppo"][-1]
+    bill = {line.split()[0]: line.split() for line in memory.splitlines() if line.split()}  # printed last
+    assert bill["mt_bench"][3] == str(80 * 2 * 9) and bill["arena_hard_v0.1"][-1] == "$135.00"
+    # on 24 GiB GPUs (20 after headroom) the SFT's 22.2 GiB is flagged, with what to change
+    small = subprocess.run([*command[:4], "--gpu-gib", "24", *command[4:]], capture_output=True, text=True,
+                           timeout=300, cwd=REPO)
+    assert small.returncode == 0, small.stderr[-2000:]
+    assert re.search(r"^sft .* 22\.2 .* over$", small.stdout, re.M)
+    assert re.search(r"^over 20 of 24 GiB per GPU: .*sft.*: lower micro_batch_size", small.stdout, re.M)
 
 
 def test_the_open_weight_judge_overlay_points_every_judge_at_the_local_server(tmp_path):

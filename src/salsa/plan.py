@@ -3,10 +3,16 @@
   salsa plan --profile profiles/slurm --configfile config/config.yaml config/experiments/llama2-7b.yaml my.yaml
 
 Runs `snakemake -n -p` with the given arguments (nothing is submitted or written but Snakemake's own
-metadata), and prints, per rule, the jobs, the GPUs x nodes x requested hours they ask of the scheduler,
-and the API judges' calls and cost (salsa.judges.preflight's estimate, from the judge_preflight job's plan).
-Requested hours are the jobs' `runtime` (resources.<stage>.runtime, or derived from seconds_per_step),
-an upper bound on what a job holds its GPUs for; docs/cluster.md has the disk each overlay writes.
+metadata), and prints, per rule:
+  * the jobs and the GPUs x nodes x requested hours they ask of the scheduler. Requested hours are the
+    jobs' `runtime` (resources.<stage>.runtime, or derived from seconds_per_step), an upper bound on what
+    a job holds its GPUs for;
+  * for each GPU training job (SFT, reward model, DPO, PPO), its peak memory per device and the disk it
+    writes, from the stage arguments in the job's own command (salsa.stage_memory with the per-layer
+    activations bench/memory_7b.py measured; models of an unmeasured architecture get no figure);
+  * the API judges' calls and cost (salsa.judges.preflight's estimate, from the judge_preflight job).
+
+  --gpu-gib N   memory of one GPU (default 80): peaks above N less 4 GiB of headroom are flagged
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import sys
 from collections import defaultdict
 
 from salsa.artifacts import StageError, run_main
+
+GPU_GIB, HEADROOM_GIB = 80, 4  # headroom: CUDA context, NCCL buffers, fragmentation (not in the model)
 
 
 def dry_run_jobs(output: str) -> list[dict]:
@@ -64,6 +72,17 @@ def summary(jobs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def workdir_of(args: list[str]) -> str:
+    """Snakemake's working directory (-d / --directory), against which job paths are relative."""
+    for flag in ("-d", "--directory"):
+        if flag in args and args.index(flag) + 1 < len(args):
+            return args[args.index(flag) + 1]
+        for arg in args:
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+    return "."
+
+
 def judge_bill(jobs: list[dict]) -> str | None:
     from salsa.judges.preflight import bill, report
 
@@ -79,12 +98,23 @@ def main(argv: list[str] | None = None) -> None:
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
         return
+    gpu_gib = float(GPU_GIB)
+    if "--gpu-gib" in args:
+        at = args.index("--gpu-gib")
+        try:
+            gpu_gib = float(args[at + 1])
+        except (IndexError, ValueError):
+            raise StageError("salsa plan: --gpu-gib takes the GiB of one GPU, e.g. --gpu-gib 80") from None
+        del args[at:at + 2]
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", *args], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()][-5:]
         raise StageError("snakemake -n failed: " + " | ".join(tail))
     jobs = dry_run_jobs(proc.stdout + proc.stderr)
     print(summary(jobs))
+    from salsa.plan_memory import memory_report
+
+    print(memory_report(jobs, workdir_of(args), gpu_gib, HEADROOM_GIB))
     judges = judge_bill(jobs)
     print(judges if judges else "no API judge configured")
 
