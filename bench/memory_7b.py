@@ -98,7 +98,7 @@ def overlay_settings(name: str) -> dict:
         "dpo": stage({}, res["reward_model"], pair_width, dpo_default, response_width=hub["max_response_length"]),
         "ppo": stage(ppo, res["ppo"], hub["max_prompt_length"] + ppo["max_new_tokens"], ppo["batch_size"],
                      response_width=ppo["max_new_tokens"], lora_r=ppo["lora_r"], value_lora_r=ppo["value_lora_r"],
-                     lora_targets=ppo["lora_target_modules"]) | {"micro_batch": ppo.get("micro_batch_size")
+                     lora_targets=ppo.get("lora_target_modules", LORA_TARGETS)) | {"micro_batch": ppo.get("micro_batch_size")
                                                                                      or ppo["mini_batch_size"]},
     }
 
