@@ -108,18 +108,19 @@ HUB_MODELS = {"llama2-7b": ["meta-llama/Llama-2-7b-hf"], "mistral-7b": ["mistral
               "gemma-2b": ["google/gemma-2b"]}
 
 
+def family_shape(family: str) -> dict:
+    """salsa.memory.architecture's keywords for a measured family."""
+    _, shape, layers, vocab, tied = FAMILIES[family]
+    return {"vocab": vocab, "hidden": shape["hidden_size"], "intermediate": shape["intermediate_size"],
+            "layers": layers, "heads": shape["num_attention_heads"], "kv_heads": shape["num_key_value_heads"],
+            "head_dim": shape["head_dim"], "tied_embeddings": tied}
+
+
 def packaged(results: dict) -> dict:
     """The measurement as src/salsa/memory_measured.json holds it (salsa.stage_memory reads it)."""
-    families = {}
-    for family in sorted({key.split("/")[0] for key in results["measured"]}):
-        _, shape, layers, vocab, tied = FAMILIES[family]
-        families[family] = {
-            "hub_models": HUB_MODELS[family],
-            "architecture": {"vocab": vocab, "hidden": shape["hidden_size"], "intermediate": shape["intermediate_size"],
-                             "layers": layers, "heads": shape["num_attention_heads"],
-                             "kv_heads": shape["num_key_value_heads"], "head_dim": shape["head_dim"],
-                             "tied_embeddings": tied},
-            "regimes": {regime: measured_for(results, family, regime) for regime in REGIMES}}
+    families = {family: {"hub_models": HUB_MODELS[family], "architecture": family_shape(family),
+                         "regimes": {regime: measured_for(results, family, regime) for regime in REGIMES}}
+                for family in sorted({key.split("/")[0] for key in results["measured"]})}
     source = {key: results[key] for key in ("date", "machine", "versions", "lengths", "micro_batch")}
     return {"source": source | {"command": sanitized(results["command"]), "benchmark": "bench/memory_7b.py"},
             "families": families}
@@ -128,15 +129,13 @@ def packaged(results: dict) -> dict:
 def architecture_of(family: str) -> dict:
     from salsa import memory
 
-    _, shape, layers, vocab, tied = FAMILIES[family]
-    return memory.architecture(vocab=vocab, hidden=shape["hidden_size"], intermediate=shape["intermediate_size"],
-                               layers=layers, heads=shape["num_attention_heads"], kv_heads=shape["num_key_value_heads"],
-                               head_dim=shape["head_dim"], tied_embeddings=tied)
+    return memory.architecture(**family_shape(family))
 
 
-def stage_peak(results: dict, family: str, stage: str, backend: str, setting: dict, micro_batch: int,
+def stage_peak(measured: dict, family: str, stage: str, backend: str, setting: dict, micro_batch: int,
                checkpointing: bool) -> dict:
-    """salsa.stage_memory's figure; backend "lora" is DDP with r 64 adapters where the overlay trains in full."""
+    """salsa.stage_memory's figure (``measured``: packaged(results)); backend "lora" is DDP with r 64
+    adapters where the overlay trains in full."""
     from salsa import stage_memory
 
     if backend == "lora":
@@ -144,7 +143,7 @@ def stage_peak(results: dict, family: str, stage: str, backend: str, setting: di
                                              "value_lora_r": setting.get("value_lora_r") or LORA_R}
     else:
         setting = setting | {"lora_r": 0, "value_lora_r": 0}
-    return stage_memory.stage_peak(packaged(results), family, architecture_of(family), stage, backend, setting,
+    return stage_memory.stage_peak(measured, family, architecture_of(family), stage, backend, setting,
                                    micro_batch, checkpointing)
 
 
@@ -154,12 +153,13 @@ def plan(results: dict) -> list[dict]:
     from salsa import memory
 
     budget = (DEVICE_GIB - RESERVE_GIB) * memory.GIB
+    measured = packaged(results)  # once: every row and candidate micro-batch reads it
     rows = []
     for family in FAMILIES:
         for stage, setting in overlay_settings(family).items():
             for backend in ("zero3", "fsdp", "ddp", "lora"):
                 def peak(micro_batch, checkpointing):
-                    return stage_peak(results, family, stage, backend, setting, micro_batch, checkpointing)
+                    return stage_peak(measured, family, stage, backend, setting, micro_batch, checkpointing)
 
                 share = memory.divisors_descending(setting["batch"] // setting["gpus"])
                 fits = {ckpt: memory.largest_fitting(share, lambda mb: peak(mb, ckpt)["peak"], budget)
@@ -300,7 +300,7 @@ def render(results: dict) -> str:
                              f"{'with' if ckpt else 'without'} checkpointing: nothing fits.")
                 continue
             mb, peak_bytes = zero3["fits"][ckpt]
-            parts = stage_peak(results, family, "ppo", "zero3", setting, mb, ckpt)
+            parts = stage_peak(packaged(results), family, "ppo", "zero3", setting, mb, ckpt)
             lines.append(
                 f"- {family}, full-parameter PPO on {setting['gpus']} x {DEVICE_GIB} GiB, ZeRO-3 "
                 f"{'with' if ckpt else 'without'} gradient checkpointing: up to {mb} rollouts per process per "
