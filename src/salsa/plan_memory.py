@@ -56,22 +56,20 @@ def backend_of(accelerate_config: str | None, workdir: str) -> str:
     return "fsdp" if kind == "FSDP" else "ddp"
 
 
-def data_widths(jobs: list[dict], workdir: str) -> dict | None:
+def data_widths(launched: list[tuple], workdir: str) -> dict | None:
     """max_prompt_length / max_response_length (tokens) of the run's data: from the data job in this dry
-    run, else from a finished data directory's salsa_meta.json."""
+    run, else from a finished data directory's salsa_meta.json. ``launched``: (job, job_command) pairs."""
     from salsa.hub_data import HubDataConfig
 
     defaults = {name: HubDataConfig.__dataclass_fields__[f"max_{name}_length"].default for name in ("prompt", "response")}
-    for job in jobs:
-        found = job_command(job["shell"])
-        if found and found[1] == "salsa.data" and "--source" in found[2] \
+    for _, found in launched:
+        if found[1] == "salsa.data" and "--source" in found[2] \
                 and found[2][found[2].index("--source") + 1] == "hub":
             argv = found[2]
             return {name: int(argv[argv.index(flag) + 1]) if (flag := f"--max-{name}-length") in argv else default
                     for name, default in defaults.items()}
-    for job in jobs:
-        found = job_command(job["shell"])
-        if found and found[1] in STAGE_MODULES and "--data" in found[2]:
+    for _, found in launched:
+        if found[1] in STAGE_MODULES and "--data" in found[2]:
             meta = Path(workdir) / found[2][found[2].index("--data") + 1]
             for candidate in (meta / "salsa_meta.json", meta.parent / "salsa_meta.json"):
                 if candidate.is_file():
@@ -148,11 +146,9 @@ def job_rows(training: list, measured: dict, family: str, arch: dict, widths: di
 
 
 def memory_report(jobs: list[dict], workdir: str, gpu_gib: float, headroom_gib: float) -> str:
-    training = []
-    for job in jobs:
-        found = job_command(job["shell"])
-        if found and found[1] in STAGE_MODULES and int(job["resources"].get("gpu", 0) or 0) > 0:
-            training.append((job, *found))
+    launched = [(job, found) for job in jobs if (found := job_command(job["shell"]))]
+    training = [(job, *found) for job, found in launched
+                if found[1] in STAGE_MODULES and int(job["resources"].get("gpu", 0) or 0) > 0]
     if not training:
         return "memory per device: no GPU training job in this run"
     measured = stage_memory.load_measured()
@@ -161,7 +157,7 @@ def memory_report(jobs: list[dict], workdir: str, gpu_gib: float, headroom_gib: 
         return ("memory per device: no measured family matches this run's model (bench/memory_7b.py measures "
                 + ", ".join(measured["families"]) + "; its --families adds one)")
     model, family, arch = run_family
-    widths = data_widths(jobs, workdir)
+    widths = data_widths(launched, workdir)
     budget = (gpu_gib - headroom_gib) * GIB
     source = measured["source"]
     lines = [f"memory per device and disk (estimates): {model} as {family}, {arch['params'] / 1e9:.2f} B parameters; "
