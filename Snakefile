@@ -38,4 +38,10 @@ include: "rules/landscape.smk"
 rule all:
     input:
         summary_outputs(),
+        judge_preflight_targets(),
     default_target: True
+
+
+# With an API judge: the judges answer before the first GPU or API job starts (rules/jobs.smk).
+onstart:
+    check_judges_before_any_job(workflow.dag)

@@ -5,7 +5,6 @@ rule dpo_reference:
         data=result("data"),
         model=lambda w: model_dir(w.ref),
         src=src("dpo_reference", "distributed", "modeling", "reward"),
-        preflight=judge_preflight_gate("dpo_reference"),
     output:
         directory(result("dpo_ref", "{ref}")),
     wildcard_constraints:
@@ -34,7 +33,6 @@ rule dpo:
         reference=lambda w: model_dir(DPO_METHODS[w.method]["reference"]),
         reference_logprobs=lambda w: result("dpo_ref", DPO_METHODS[w.method]["reference"]),
         src=src("dpo", "dpo_reference", "training", "distributed", "modeling", "reward", "ppo", "ppo_models"),
-        preflight=judge_preflight_gate("dpo"),
     output:
         directory(result("dpo", "{method}", "seed{seed}")),
     params:

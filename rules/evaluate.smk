@@ -6,7 +6,6 @@ rule evaluate:
         reward=lambda w: reward_dir(rep=split_replicate(w.model)[0]),
         data=result("data"),
         src=src("evaluate", "modeling", "generation"),
-        preflight=judge_preflight_gate("evaluate"),
     output:
         directory(result("eval", "{model}")),
     params:
@@ -30,6 +29,8 @@ rule evaluate:
 
 # Downloads run where Snakemake runs (a cluster's login node has the network its compute nodes may lack); so do
 # API judges and their preflight, unless resources.bench_judge.local is false (the preflight follows the judges).
+# No job waits for judge_preflight (its check and bill, for `rule all`): the Snakefile's onstart checks the
+# judges before the first GPU or API job.
 localrules: fetch_benchmark
 
 
@@ -47,6 +48,7 @@ rule judge_preflight:
         plan=shlex.quote(json.dumps(judge_preflight_plan(), sort_keys=True)),
     log:
         result("logs", "judge_preflight.log"),
+    priority: 100
     resources:
         **stage_resources("bench_fetch"),
     conda:
@@ -84,7 +86,6 @@ rule evaluate_answers:
         data=lambda w: benchmark_data(w.benchmark),
         src=src("benchmarks.answer", "benchmarks.answer_generation", "benchmarks.chat_generation", "benchmarks.data",
                 "benchmarks.files", "benchmarks.answer_formats"),
-        preflight=judge_preflight_gate(bench_stage("bench_answer", "evaluate")),
     output:
         result("bench", "{benchmark}", "{model}", "answers.jsonl"),
     params:

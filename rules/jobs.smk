@@ -118,7 +118,7 @@ def conda_env(stage):
     return "../envs/salsa-gpu.yaml" if int(resources_for(stage, "gpus", 0)) > 0 else "../envs/salsa.yaml"
 
 
-# API judges (rules/evaluate.smk): checked by judge_preflight before any GPU job, judged where Snakemake runs.
+# API judges (rules/evaluate.smk): checked before the first GPU or judge job of a run, judged where Snakemake runs.
 def api_judged_benchmarks():
     return [b for b in enabled_benchmarks() if benchmark_setting(b, "judge") == "openai"]
 
@@ -135,13 +135,41 @@ def judge_preflight_plan():
     return plan
 
 
-def judge_preflight_gate(stage):
-    """The preflight's marker as an input of every GPU job when an API judge is configured: a missing key, an
-    unreachable endpoint or an unknown model stops the run before GPU hours are spent. ancient(): a rerun
-    preflight (a new judge) does not make finished GPU jobs look outdated."""
-    if not api_judged_benchmarks() or int(resources_for(stage, "gpus", 0)) == 0:
-        return []
-    return [ancient(result("judge_preflight", "ok.json"))]
+def judge_preflight_targets():
+    """The judge_preflight job (its bill in ok.json) is a target of `rule all`, and no job's input."""
+    return [result("judge_preflight", "ok.json")] if api_judged_benchmarks() else []
+
+
+def needs_checked_judges(job):
+    """A job that spends GPU hours (one GPU or more, or several nodes) or API calls."""
+    resources = dict(job.resources)
+    if int(resources.get("gpu") or 0) > 0 or int(resources.get("nodes") or 1) > 1:
+        return True
+    return job.rule.name == "evaluate_judge" and getattr(job.wildcards, "benchmark", None) in api_judged_benchmarks()
+
+
+def check_judges_before_any_job(dag):
+    """onstart (Snakefile): with an API judge configured and judged locally, when a pending job needs GPUs or the API,
+    every judge answers a one-token request before Snakemake starts any job; else one line per problem and exit 1.
+    Not a file edge to those jobs: a rerun job upstream of an ancient() input makes Snakemake 9.27 skip every other
+    rerun reason downstream of it in that invocation (docs/judging.md), and an added API judge would add an input
+    to finished GPU jobs. Judges sent to the cluster (resources.bench_judge.local false) are checked there, by the
+    judge_preflight job."""
+    plan = judge_preflight_plan()
+    if not plan or not judge_runs_locally():
+        return
+    pending = sorted({job.rule.name for job in dag.needrun_jobs() if needs_checked_judges(job)})
+    if not pending:
+        return
+    try:
+        from salsa.artifacts import run_main
+        from salsa.judges import preflight
+    except ImportError as err:
+        sys.exit(f"error: checking the API judges before {', '.join(pending)} needs the judge extra in the Python "
+                 f"that runs Snakemake (pip install -e '.[judge]'): {err}")
+    print(f"judge check before {', '.join(pending)}:", flush=True)
+    if run_main(preflight.main, ["--plan", json.dumps(plan)]):
+        sys.exit(1)
 
 
 def judge_runs_locally():

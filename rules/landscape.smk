@@ -4,7 +4,6 @@ rule landscape:
         reward=[reward_dir(rep=r) for r in replicate_numbers()],
         data=result("data"),
         src=src("landscape", "soup", "evaluate", "modeling", "generation"),
-        preflight=judge_preflight_gate("evaluate"),
     output:
         directory(result("landscape")),
     params:

@@ -2,7 +2,6 @@ rule base_model:
     input:
         data=result("data"),
         src=src("base", "sft", "training", "distributed", "modeling"),
-        preflight=judge_preflight_gate("base_model"),
     output:
         directory(result("base_model")),
     params:
@@ -26,7 +25,6 @@ rule sft:
         data=result("data"),
         base=result("base_model"),
         src=src("sft", "training", "distributed", "modeling"),
-        preflight=judge_preflight_gate("sft"),
     output:
         directory(result("{rp}sft", "{sft}")),
     params:

@@ -5,7 +5,6 @@ rule ppo:
         reference=lambda w: model_dir(in_replicate(PPO_METHODS[w.method]["reference"], wildcard_replicate(w.rp))),
         reward=lambda w: reward_dir(PPO_METHODS[w.method].get("reward", "reward_model"), wildcard_replicate(w.rp)),
         src=src("ppo", "ppo_math", "ppo_models", "anchor", "training", "distributed", "modeling", "generation"),
-        preflight=judge_preflight_gate("ppo"),
     output:
         directory(result("{rp}ppo", "{method}", "seed{seed}")),
     params:

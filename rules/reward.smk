@@ -6,7 +6,6 @@ rule reward_model:
                                                                            config["reward_model"]["init"]),
                                                 wildcard_replicate(w.rp))),
         src=src("reward", "training", "distributed", "modeling", "generation"),
-        preflight=judge_preflight_gate("reward_model"),
         head=lambda w: reward_probe_head(wildcard_replicate(w.rp)),
     output:
         directory(result("{rp}reward_model")),

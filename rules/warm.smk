@@ -7,7 +7,6 @@ use rule reward_model as reward_replica with:
         init=lambda w: model_dir(reward_settings(w.name)["init"]),
         policy=lambda w: model_dir(reward_settings(w.name).get("normalize_policy", reward_settings(w.name)["init"])),
         src=src("reward", "training", "distributed", "modeling", "generation"),
-        preflight=judge_preflight_gate("reward_model"),
         head=reward_probe_head(),
     output:
         directory(result("reward", "{name}")),
@@ -30,7 +29,6 @@ rule reward_soup:
         data=result("data"),
         policy=model_dir(config["reward_model"].get("normalize_policy", config["reward_model"]["init"])),
         src=src("reward_soup", "soup", "reward", "distributed", "modeling", "generation"),
-        preflight=judge_preflight_gate(bench_stage("reward_soup", "evaluate")),
     output:
         directory(result("reward_soup", "{soup}")),
     params:

@@ -6,6 +6,7 @@ runtimes, and no absolute path in any job command."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
 import subprocess
@@ -18,7 +19,7 @@ import yaml
 
 from salsa.plan import dry_run_jobs
 from test_cluster import PROFILES, dry_run, merged
-from test_workflow import DEFAULT, REPO, scheduled_rules, snakemake
+from test_workflow import DEFAULT, REPO, SNAKEMAKE, scheduled_rules, snakemake
 
 EXPERIMENTS = REPO / "config" / "experiments"
 SEVEN_B = ["llama2-7b", "mistral-7b", "gemma-2b"]
@@ -33,14 +34,16 @@ def test_dry_run_of_each_hub_overlay_is_the_cluster_users_path(name, profile, tm
     counts = scheduled_rules(proc.stdout)
     jobs = dry_run_jobs(proc.stdout + proc.stderr)
     marker = f"results/{name}/judge_preflight/ok.json"
-    # the judges exist today, and a preflight that checks them comes before every GPU job
+    # the judges exist today; the preflight job (the bill) is the first one Snakemake picks, and no job waits for
+    # it: the onstart check precedes every GPU job (test_the_judges_answer_before_any_gpu_or_api_job_starts)
     judged = [b for b, spec in config["benchmarks"].items() if spec.get("enabled", True)]
     assert {config["benchmarks"][b]["judging"]["judge_model"] for b in judged} == {"gpt-4.1-2025-04-14"}
     assert counts["judge_preflight"] == 1 and "landscape" not in counts
+    [preflight] = [j for j in jobs if j["rule"] == "judge_preflight"]
+    assert preflight["priority"] == "100" and not [j["rule"] for j in jobs if marker in j["input"]]
     gpu_jobs = [j for j in jobs if int(j["resources"].get("gpu", 0)) > 0]
     assert {j["rule"] for j in gpu_jobs} >= {"sft", "reward_model", "ppo", "evaluate", "evaluate_answers"}
     for job in gpu_jobs:
-        assert marker in job["input"], (job["rule"], job["input"])
         assert job["resources"]["nodes"] == "1", job                 # --nodes=1: one launcher, one node
         assert job["shell"].startswith(f"exec python -m salsa.launch --gpus {job['resources']['gpu']} ")
     # the SFT pair as the paper trains it: the same data, two seeds
@@ -204,3 +207,75 @@ def test_a_hub_overlay_can_switch_its_landscape_on(tmp_path):
     [job] = [j for j in jobs if j["rule"] == "landscape"]
     assert job["resources"]["gpu"] == "1" and "--dtype bfloat16" in job["shell"] and "--enabled" not in job["shell"]
     assert job["shell"].startswith("exec python -m salsa.launch --gpus 1 ") and "-- salsa.landscape " in job["shell"]
+
+
+def workstation_run(tmp_path, *configfiles, targets=(), env=None):
+    """A real run (not a dry run) through the workstation profile, offline, with the configs after config.yaml."""
+    command = [arg for arg in SNAKEMAKE if arg not in ("--cores", "2")]
+    return subprocess.run([*command, *targets, "-d", str(tmp_path), "--profile", str(PROFILES["local-gpu"]),
+                           "--resources", "gpu=8", "--configfile", DEFAULT, *map(str, configfiles)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "sk-test", **(env or {})})
+
+
+def judge_at(tmp_path, url):
+    overlay = tmp_path / "judge-at.yaml"
+    overlay.write_text(yaml.safe_dump({"benchmarks": {b: {"judging": {"base_url": url}}
+                                                      for b in ("mt_bench", "arena_hard_v0.1")}}))
+    return overlay
+
+
+def test_the_judges_answer_before_any_gpu_or_api_job_starts(tmp_path):
+    """onstart, not a file edge: a judge that does not answer stops a real llama2-7b run before its first job."""
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+    from bench_helpers import FakeChatServer, chat_reply
+    from test_bench_serve import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"   # nothing listens there
+    proc = workstation_run(tmp_path, EXPERIMENTS / "llama2-7b.yaml", judge_at(tmp_path, url))
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and errors == [
+        f"error: benchmarks.mt_bench.judging.base_url: {url} is unreachable (Connection error.), 3 tries"], errors
+    assert "judge check before evaluate, evaluate_answers, evaluate_judge, ppo, reward_model, sft:" \
+        in proc.stdout
+    assert not (tmp_path / "results").exists()                             # no job started, not even the data
+    # pending jobs that need neither GPUs nor the API are not held up: the preflight job alone runs, and fails alone
+    alone = workstation_run(tmp_path, EXPERIMENTS / "llama2-7b.yaml", judge_at(tmp_path, url),
+                            targets=["results/llama2-7b/judge_preflight/ok.json"])
+    assert alone.returncode == 1 and "judge check before" not in alone.stdout
+    assert "Error in rule judge_preflight" in alone.stdout + alone.stderr
+    # a judge that answers: one probe, then Snakemake starts the jobs (the offline data job then fails)
+    with FakeChatServer(lambda n, req: (200, chat_reply("OK"), 0, None)) as server:
+        proc = workstation_run(tmp_path, EXPERIMENTS / "llama2-7b.yaml", judge_at(tmp_path, server.base_url),
+                               targets=["results/llama2-7b/sft/seed1"])
+    assert "judge check before sft:" in proc.stdout and "1 API judge(s) answered" in proc.stdout
+    assert len(server.requests) == 1 and server.requests[0]["max_tokens"] == 1
+    assert "Error in rule prepare_data" in proc.stdout + proc.stderr
+
+
+def test_no_job_input_is_ancient_because_snakemake_then_skips_other_reruns(tmp_path):
+    """Why the judge check is not a file edge. Snakemake 9.27: when a job reruns, the jobs downstream of it are
+    left to be reached from it, and an ancient() edge stops that walk, so their own reasons (here a changed param)
+    are never looked at in that invocation. The workflow therefore has no ancient() input."""
+    (tmp_path / "Snakefile").write_text(
+        'rule all:\n    input: "judged"\n'
+        'rule gate:\n    output: "gate"\n    params: v=config.get("gate", 1)\n    shell: "echo {params.v} > {output}"\n'
+        'rule train:\n    input: ancient("gate")\n    output: "trained"\n    shell: "touch {output}"\n'
+        'rule judge:\n    input: "trained"\n    output: "judged"\n    params: v=config.get("judge", 1)\n'
+        '    shell: "echo {params.v} > {output}"\n')
+    mini = [sys.executable, "-m", "snakemake", "-s", str(tmp_path / "Snakefile"), "-d", str(tmp_path), "-c1"]
+    subprocess.run(mini, check=True, capture_output=True)
+    rerun = lambda *config: scheduled_rules(subprocess.run([*mini, "-n", "--config", *config], check=True,  # noqa: E731
+                                                           capture_output=True, text=True).stdout)
+    assert "judge" in rerun("judge=2")
+    assert "judge" not in rerun("gate=2", "judge=2")   # the changed judge param is skipped behind the rerun gate
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, ResourceSettings, StorageSettings
+
+    with SnakemakeApi() as api:
+        workflow = api.workflow(snakefile=REPO / "Snakefile", workdir=tmp_path, resource_settings=ResourceSettings(),
+                                storage_settings=StorageSettings(), config_settings=ConfigSettings(
+                                    configfiles=[Path(DEFAULT), EXPERIMENTS / "llama2-7b.yaml"]))
+        rules = workflow._workflow.rules
+        ancient = [(rule.name, str(f)) for rule in rules for f in rule.input if getattr(f, "flags", {}).get("ancient")]
+    assert [rule.name for rule in rules] and not ancient, ancient

@@ -30,18 +30,18 @@ GPU_GIB, HEADROOM_GIB = 80, 4  # headroom: CUDA context, NCCL buffers, fragmenta
 
 
 def dry_run_jobs(output: str) -> list[dict]:
-    """rule, input (list), resources (dict) and shell command of every job in a `snakemake -n -p` output."""
+    """rule, input (list), resources (dict), priority and shell command of every job in a `snakemake -n -p` output."""
     jobs = []
     for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", output):
         rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
         if not rule or rule.group(1) == "all":
             continue
         fields = {key: (m.group(1) if (m := re.search(rf"^    {key}: (.*)$", block, re.M)) else "")
-                  for key in ("input", "resources")}
+                  for key in ("input", "resources", "priority")}
         shell = re.search(r"^Shell command: (.*)$", block, re.M)
         table = dict(item.split("=", 1) for item in fields["resources"].split(", ") if "=" in item)
         jobs.append({"rule": rule.group(1), "input": fields["input"].split(", "), "resources": table,
-                     "shell": shell.group(1) if shell else ""})
+                     "priority": fields["priority"] or "0", "shell": shell.group(1) if shell else ""})
     return jobs
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -39,12 +40,11 @@ OVERLAYS = {   # rehearsal -> the overlays it stacks, as their headers say to ru
 }
 FAMILY = {"llama2-7b": ("llama", "<|assistant|>"), "judge-open-weight": ("llama", "<|assistant|>"), "mistral-7b": ("mistral", "<|assistant|>"),
           "gemma-2b": ("gemma", "<start_of_turn>")}
-# a rehearsal that adds to another's run (its overlay sets no experiment of its own) shares its results
-# judge-open-weight runs its whole stack in its own directory: on llama2-7b's finished run, switching the judge
-# (judge_model, base_url) reruns only judge_preflight, not the judges (a fault, reported), and --forcerun did
-# not rerun them under pytest either, so the judges would be llama2-7b's
-SHARES_RESULTS = {"smollm2-bench": "smollm2-gold"}
-FORCED: dict[str, list[str]] = {}
+# a rehearsal that adds to another's run (its overlay sets no experiment of its own) shares its results;
+# judge-open-weight switches the judge (judge_model, base_url) on llama2-7b's finished run, which reruns
+# exactly these rules (the judge check is no file edge: tests/test_cluster_path.py, docs/judging.md)
+SHARES_RESULTS = {"smollm2-bench": "smollm2-gold", "judge-open-weight": "llama2-7b"}
+RERUNS = {"judge-open-weight": {"judge_preflight", "evaluate_judge", "tables"}}
 TIMEOUT_S = 1200
 PROCESSES = 2   # what the overrides give a stage that asks for a node's GPUs
 
@@ -150,14 +150,19 @@ def test_rehearsal(name, rehearsal_fixture, workdirs, tmp_path_factory, capsys):
     api_urls = {s.get("judging", {}).get("base_url") for s in benchmarks.values() if s.get("judge") == "openai"}
     assert len(api_urls) <= 1, f"one loopback judge serves one endpoint, not {api_urls}"
     port = urlsplit(next(iter(api_urls))).port if api_urls and None not in api_urls else 0
+    finished_before = (results / "tables" / "summary.md").exists()   # the shared run, when it ran first
     with JudgeServer(str(fixture["judge_model"]), port) if api_urls else _nothing() as server:
         env = environment(fixture, server.base_url if server else None, workdir)
         if name == "smollm2-bench":   # its local judge is the model smollm2-gold's base_model stage writes
             run_snakemake("smollm2-gold", workdir, env, str(results.relative_to(workdir) / "base_model"))
-        seconds, log = run_snakemake(name, workdir, env, *FORCED.get(name, []))
+        seconds, log = run_snakemake(name, workdir, env)
     with capsys.disabled():
         print(f"\nrehearsal {name}: {seconds:.0f} s")
     assert (results / "tables" / "summary.md").exists()
+    if name in RERUNS and finished_before:
+        stats = log.split("Job stats:")[1].split("total")[0]
+        ran = set(re.findall(r"^(\w+)\s+\d+$", stats, re.M)) - {"job", "all"}
+        assert ran == RERUNS[name], f"{name} on {SHARES_RESULTS[name]}'s run reran {sorted(ran)}"
     check_outputs(name, config, results, benchmarks, server)
 
 

@@ -1,13 +1,14 @@
-"""judge_preflight: before any GPU job, check every API judge with one tiny request, and print the bill.
+"""judge_preflight: check every API judge with one tiny request, and print the bill.
 
   python -m salsa.judges.preflight --plan '[{"benchmark": "mt_bench", "judge_model": "gpt-4.1-2025-04-14",
       "models": 9, "cost": {"input_per_million": 2.0, "output_per_million": 8.0}}]' --out ok.json
 
-The workflow runs it where the judges will run (rules/evaluate.smk: judge_preflight, a local rule
-unless resources.bench_judge.local is false), and every GPU job waits for its output. Each problem is
-one line: a missing key, an unreachable endpoint, a rejected key, an unknown model, a model OpenAI has
-shut down. The estimate is calls per benchmark (questions x turns or games, x judged models) times
-tokens per call (our estimates below, or the config's `cost` block) times the config's price.
+The workflow runs it before Snakemake starts the first GPU or API job of a run (the Snakefile's onstart,
+rules/jobs.smk), and as the judge_preflight job, where the judges run (a local rule unless
+resources.bench_judge.local is false), which records the bill. Each problem is one line: a missing key,
+an unreachable endpoint, a rejected key, an unknown model, a model OpenAI has shut down. The estimate is
+calls per benchmark (questions x turns or games, x judged models) times tokens per call (our estimates
+below, or the config's `cost` block) times the config's price.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m salsa.judges.preflight", description=__doc__.split("\n")[0])
     parser.add_argument("--plan", required=True, help="JSON list: benchmark, judge_model, base_url, api_key_env, "
                                                       "models, max_questions, cost")
-    parser.add_argument("--out", required=True, help="marker file written when every judge answered")
+    parser.add_argument("--out", help="marker file written when every judge answered (the bill); none: check only")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per probe request")
     args = parser.parse_args(argv)
     try:
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     bills = [bill(entry) for entry in plan]
     print(f"judge preflight: {len(probed)} API judge(s) answered a one-token request")
     print(report(bills))
+    if not args.out:
+        return
     with atomic_text_file(args.out) as handle:
         json.dump({"judges": [{"benchmark": b.benchmark, "judge": b.judge, "models": b.models, "calls": b.calls,
                                "input_tokens": b.input_tokens, "output_tokens": b.output_tokens,
