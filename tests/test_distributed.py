@@ -39,9 +39,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config: str, module: str, args: list, processes: int = 2, kill_after: int | None = None):
-    """`accelerate launch` of a stage with a shipped config; returns the completed process."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def launch(config: str, module: str, args: list, processes: int = 2, kill_after: int | None = None,
+           extensions: Path | None = None):
+    """`accelerate launch` of a stage with a shipped config; returns the completed process. ``extensions``: the
+    torch extensions directory the processes JIT-build into (default: the user's cache)."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           **({"TORCH_EXTENSIONS_DIR": str(extensions)} if extensions else {})}
     env.pop("SALSA_KILL_AFTER_CHECKPOINT", None)
     if kill_after is not None:
         env["SALSA_KILL_AFTER_CHECKPOINT"] = str(kill_after)
@@ -111,9 +114,11 @@ def test_reward_model_two_processes_writes_model_and_normalisation_like_one_proc
     from salsa import reward
     single = tmp_path / "single"
     reward.main([*map(str, reward_args(tiny, single)), "--threads", "1"])
-    out = tmp_path / "rm"
-    ok(launch(config, "reward", [*reward_args(tiny, out), "--micro-batch-size", 2]))
+    out, extensions = tmp_path / "rm", tmp_path / "torch_extensions"
+    ok(launch(config, "reward", [*reward_args(tiny, out), "--micro-batch-size", 2], extensions=extensions))
     assert max_difference(out, single) < TOLERANCE
+    # DeepSpeed's inference-only shared-memory op is not JIT-built (about a minute of a fresh machine)
+    assert not list(extensions.rglob("*shm*")), sorted(extensions.rglob("*"))
     mine, theirs = (json.loads((d / "reward_normalization.json").read_text()) for d in (out, single))
     assert mine["mean"] == pytest.approx(theirs["mean"], abs=1e-5) and mine["samples"] == 16
     loads_with_transformers(out, "AutoModelForSequenceClassification")

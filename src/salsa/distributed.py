@@ -104,12 +104,24 @@ def make_accelerator(mixed_precision: str = "no", seed: int = 0, trackers: list 
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    _skip_deepspeed_cpu_shm_op()
     # our schedules count optimiser steps of the global batch: step them once per step,
     # not once per process as accelerate's prepared scheduler would
     accelerator = Accelerator(mixed_precision=mixed_precision, step_scheduler_with_optimizer=False,
                               log_with=trackers or None, cpu=_data_parallel_on_cpu())
     set_seed(seed)
     return accelerator
+
+
+def _skip_deepspeed_cpu_shm_op() -> None:
+    """DeepSpeed on CPUs JIT-compiles a shared-memory op when its communication starts (a minute per machine,
+    more beside other jobs), which only its inference all-reduce calls; training never does. Marked incompatible,
+    it is not built (deepspeed.comm.torch.build_shm_op); deepspeed.ops keeps edits to this dict."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true" or torch.cuda.is_available():
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def _data_parallel_on_cpu() -> bool:
