@@ -229,19 +229,20 @@ def test_the_judges_answer_before_any_gpu_or_api_job_starts(tmp_path):
     """onstart, not a file edge: a judge that does not answer stops a real llama2-7b run before its first job."""
     sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
     from bench_helpers import FakeChatServer, chat_reply
-    from test_bench_serve import free_port
 
-    url = f"http://127.0.0.1:{free_port()}/v1"   # nothing listens there
-    proc = workstation_run(tmp_path, EXPERIMENTS / "llama2-7b.yaml", judge_at(tmp_path, url))
-    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
-    assert proc.returncode == 1 and errors == [
-        f"error: benchmarks.mt_bench.judging.base_url: {url} is unreachable (Connection error.), 3 tries"], errors
-    assert "judge check before evaluate, evaluate_answers, evaluate_judge, ppo, reward_model, sft:" \
-        in proc.stdout
-    assert not (tmp_path / "results").exists()                             # no job started, not even the data
-    # pending jobs that need neither GPUs nor the API are not held up: the preflight job alone runs, and fails alone
-    alone = workstation_run(tmp_path, EXPERIMENTS / "llama2-7b.yaml", judge_at(tmp_path, url),
-                            targets=["results/llama2-7b/judge_preflight/ok.json"])
+    unknown = (404, {"error": {"message": "The model `gpt-4.1-2025-04-14` does not exist", "code": None}}, 0, None)
+    with FakeChatServer(lambda n, req: unknown) as server:
+        proc = workstation_run(tmp_path, EXPERIMENTS / "llama2-7b.yaml", judge_at(tmp_path, server.base_url))
+        errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+        assert proc.returncode == 1 and len(errors) == 1 and errors[0].startswith(
+            f"error: benchmarks.mt_bench.judging.judge_model: {server.base_url} does not know the model "
+            "gpt-4.1-2025-04-14 (HTTP 404"), errors
+        assert "judge check before evaluate, evaluate_answers, evaluate_judge, ppo, reward_model, sft:" \
+            in proc.stdout
+        assert not (tmp_path / "results").exists()                         # no job started, not even the data
+        # pending jobs that need neither GPUs nor the API are not held up: the preflight job alone runs, and fails
+        alone = workstation_run(tmp_path, EXPERIMENTS / "llama2-7b.yaml", judge_at(tmp_path, server.base_url),
+                                targets=["results/llama2-7b/judge_preflight/ok.json"])
     assert alone.returncode == 1 and "judge check before" not in alone.stdout
     assert "Error in rule judge_preflight" in alone.stdout + alone.stderr
     # a judge that answers: one probe, then Snakemake starts the jobs (the offline data job then fails)

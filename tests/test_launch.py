@@ -89,6 +89,7 @@ def test_one_gpu_job_runs_one_process_on_its_slot_and_too_many_gpus_is_one_line(
         "error: the job asks for 3 GPUs; this machine lends 2 (CUDA_VISIBLE_DEVICES)"]
 
 
+@pytest.mark.slow  # three 2-process trainings (~40 s): `make test-slow`
 def test_two_machines_on_localhost_equal_one_machine_of_the_same_world_size(tmp_path):
     """The multi-node path (one launcher per node, machine rank from SLURM_NODEID, main address from the step's
     first node) trains exactly what one machine with two processes trains."""
@@ -148,6 +149,7 @@ def test_a_retry_after_a_stage_error_fails_at_once(tmp_path, fails_with):
         assert retry.returncode == 0 and len(records(tmp_path)) == 1
 
 
+@pytest.mark.slow  # the real workflow's data, base and SFT jobs (~55 s): `make test-slow`
 def test_the_workstation_profile_runs_two_one_gpu_jobs_on_two_gpus(tmp_path):
     """The real workflow through profiles/local-gpu on a machine that says it has two GPUs: the two SFT jobs run
     at once, each on a GPU of its own (each job's log starts with what salsa.launch gave it)."""

@@ -102,7 +102,8 @@ def probe(entry: dict, timeout: float) -> str | None:
             problem = f"{where}: {endpoint} answers HTTP {status} ({detail})"
         except (openai.APIConnectionError, openai.APITimeoutError) as err:
             problem = f"{where}.base_url: {endpoint} is unreachable ({judge.redact(_first_line(err))})"
-        time.sleep(PROBE_BACKOFF_S * (attempt + 1))
+        if attempt + 1 < PROBE_ATTEMPTS:   # no wait after the last try
+            time.sleep(PROBE_BACKOFF_S * (attempt + 1))
     return f"{problem}, {PROBE_ATTEMPTS} tries"
 
 
