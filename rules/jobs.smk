@@ -140,12 +140,12 @@ def judge_preflight_targets():
     return [result("judge_preflight", "ok.json")] if api_judged_benchmarks() else []
 
 
-def needs_checked_judges(job):
-    """A job that spends GPU hours (one GPU or more, or several nodes) or API calls."""
+def needs_checked_judges(job, api_judged):
+    """A job that spends GPU hours (one GPU or more, or several nodes) or calls an API judge (of `api_judged`)."""
     resources = dict(job.resources)
     if int(resources.get("gpu") or 0) > 0 or int(resources.get("nodes") or 1) > 1:
         return True
-    return job.rule.name == "evaluate_judge" and getattr(job.wildcards, "benchmark", None) in api_judged_benchmarks()
+    return job.rule.name == "evaluate_judge" and getattr(job.wildcards, "benchmark", None) in api_judged
 
 
 def check_judges_before_any_job(dag):
@@ -158,7 +158,8 @@ def check_judges_before_any_job(dag):
     plan = judge_preflight_plan()
     if not plan or not judge_runs_locally():
         return
-    pending = sorted({job.rule.name for job in dag.needrun_jobs() if needs_checked_judges(job)})
+    api_judged = {entry["benchmark"] for entry in plan}
+    pending = sorted({job.rule.name for job in dag.needrun_jobs() if needs_checked_judges(job, api_judged)})
     if not pending:
         return
     try:

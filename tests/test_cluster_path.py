@@ -67,16 +67,19 @@ def test_dry_run_of_each_hub_overlay_is_the_cluster_users_path(name, profile, tm
     assert arena and all(f"--max-new-tokens {cap}" in s for s in arena)
 
 
-def local_rules(tmp_path: Path, *configfiles: Path) -> set[str]:
-    """The workflow's local rules, from Snakemake's own parse (its API; the dry run does not print them)."""
+def parsed_workflow(tmp_path: Path, *configfiles: Path):
+    """The workflow as Snakemake's own parse sees it (its API: what a dry run does not print)."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, ResourceSettings, StorageSettings
 
     with SnakemakeApi() as api:
-        workflow = api.workflow(snakefile=REPO / "Snakefile", workdir=tmp_path, resource_settings=ResourceSettings(),
-                                storage_settings=StorageSettings(),
-                                config_settings=ConfigSettings(configfiles=[Path(DEFAULT), *configfiles]))
-        return set(workflow._workflow._localrules)
+        return api.workflow(snakefile=REPO / "Snakefile", workdir=tmp_path, resource_settings=ResourceSettings(),
+                            storage_settings=StorageSettings(),
+                            config_settings=ConfigSettings(configfiles=[Path(DEFAULT), *configfiles]))._workflow
+
+
+def local_rules(tmp_path: Path, *configfiles: Path) -> set[str]:
+    return set(parsed_workflow(tmp_path, *configfiles)._localrules)
 
 
 def test_api_judges_and_their_preflight_run_where_snakemake_runs_unless_told_otherwise(tmp_path):
@@ -209,13 +212,13 @@ def test_a_hub_overlay_can_switch_its_landscape_on(tmp_path):
     assert job["shell"].startswith("exec python -m salsa.launch --gpus 1 ") and "-- salsa.landscape " in job["shell"]
 
 
-def workstation_run(tmp_path, *configfiles, targets=(), env=None):
+def workstation_run(tmp_path, *configfiles, targets=()):
     """A real run (not a dry run) through the workstation profile, offline, with the configs after config.yaml."""
     command = [arg for arg in SNAKEMAKE if arg not in ("--cores", "2")]
     return subprocess.run([*command, *targets, "-d", str(tmp_path), "--profile", str(PROFILES["local-gpu"]),
                            "--resources", "gpu=8", "--configfile", DEFAULT, *map(str, configfiles)],
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "sk-test", **(env or {})})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "sk-test"})
 
 
 def judge_at(tmp_path, url):
@@ -270,13 +273,6 @@ def test_no_job_input_is_ancient_because_snakemake_then_skips_other_reruns(tmp_p
                                                            capture_output=True, text=True).stdout)
     assert "judge" in rerun("judge=2")
     assert "judge" not in rerun("gate=2", "judge=2")   # the changed judge param is skipped behind the rerun gate
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, ResourceSettings, StorageSettings
-
-    with SnakemakeApi() as api:
-        workflow = api.workflow(snakefile=REPO / "Snakefile", workdir=tmp_path, resource_settings=ResourceSettings(),
-                                storage_settings=StorageSettings(), config_settings=ConfigSettings(
-                                    configfiles=[Path(DEFAULT), EXPERIMENTS / "llama2-7b.yaml"]))
-        rules = workflow._workflow.rules
-        ancient = [(rule.name, str(f)) for rule in rules for f in rule.input if getattr(f, "flags", {}).get("ancient")]
+    rules = list(parsed_workflow(tmp_path, EXPERIMENTS / "llama2-7b.yaml").rules)
+    ancient = [(rule.name, str(f)) for rule in rules for f in rule.input if getattr(f, "flags", {}).get("ancient")]
     assert [rule.name for rule in rules] and not ancient, ancient
