@@ -82,6 +82,7 @@ def stage_resources(stage):
     (e.g. a CPU partition), then resources.default; keys set nowhere are left to the profile.
     GPU jobs ask for one node (--nodes=1) unless `nodes` says more; a multi-node job asks for
     --gpus-per-node and one task per node, and salsa.launch starts one launcher per node with srun.
+    Training stages ask SLURM for `stop_signal` (--signal=TERM@300: SIGTERM to the job's steps 300 s before the limit).
     """
     gpus = int(resources_for(stage, "gpus", 0))
     nodes = int(resources_for(stage, "nodes", 1))
@@ -96,6 +97,10 @@ def stage_resources(stage):
              "gpu": gpus}
     for key in ("slurm_partition", "slurm_account", "gpu_model", "slurm_extra", "cpus_per_task"):
         table[key] = lookup(key)
+    if stage in DATA_PARALLEL and lookup("stop_signal"):
+        # the training stages checkpoint on this signal (salsa.training.stop_if_preempted); added to the stage's own
+        # slurm_extra, so a --qos there or a multi-node job's --gpus-per-node below does not drop it
+        table["slurm_extra"] = " ".join(filter(None, [table.get("slurm_extra"), f"--signal={lookup('stop_signal')}"]))
     if gpus > 0:
         table["nodes"] = nodes
     if nodes > 1:
@@ -154,13 +159,16 @@ def check_judges_before_any_job(dag):
     Not a file edge to those jobs: a rerun job upstream of an ancient() input makes Snakemake 9.27 skip every other
     rerun reason downstream of it in that invocation (docs/judging.md), and an added API judge would add an input
     to finished GPU jobs. Judges sent to the cluster (resources.bench_judge.local false) are checked there, by the
-    judge_preflight job."""
+    judge_preflight job run as a target of its own first: see require_checked_judges_on_record."""
     plan = judge_preflight_plan()
-    if not plan or not judge_runs_locally():
+    if not plan:
         return
     api_judged = {entry["benchmark"] for entry in plan}
     pending = sorted({job.rule.name for job in dag.needrun_jobs() if needs_checked_judges(job, api_judged)})
     if not pending:
+        return
+    if not judge_runs_locally():
+        require_checked_judges_on_record(plan, pending)
         return
     try:
         from salsa.artifacts import run_main
@@ -171,6 +179,22 @@ def check_judges_before_any_job(dag):
     print(f"judge check before {', '.join(pending)}:", flush=True)
     if run_main(preflight.main, ["--plan", json.dumps(plan)]):
         sys.exit(1)
+
+
+def require_checked_judges_on_record(plan, pending):
+    """Judges on the cluster cannot be asked from here: the judge_preflight job must have answered for this very
+    plan (its ok.json records it) before a run that holds GPU or API jobs starts; else one line and exit 1."""
+    marker = result("judge_preflight", "ok.json")
+    try:
+        with open(marker) as handle:
+            checked = json.load(handle).get("plan")
+    except (OSError, ValueError):
+        checked = None
+    if checked != json.loads(json.dumps(plan)):
+        sys.exit(f"error: the API judges run on the cluster (resources.bench_judge.local: false) and {marker} "
+                 f"{'checks other judges' if os.path.isfile(marker) else 'does not exist'}: run the same snakemake "
+                 f"command with the target judge_preflight first; then {', '.join(pending)} can start")
+    print(f"judge check before {', '.join(pending)}: answered on the cluster ({marker})", flush=True)
 
 
 def judge_runs_locally():

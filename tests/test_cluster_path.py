@@ -46,6 +46,9 @@ def test_dry_run_of_each_hub_overlay_is_the_cluster_users_path(name, profile, tm
     for job in gpu_jobs:
         assert job["resources"]["nodes"] == "1", job                 # --nodes=1: one launcher, one node
         assert job["shell"].startswith(f"exec python -m salsa.launch --gpus {job['resources']['gpu']} ")
+    # the training stages' jobs, and only they, ask for SIGTERM 300 s before their limit (they checkpoint on it)
+    signalled = {j["rule"] for j in jobs if "--signal=TERM@300" in j["resources"].get("slurm_extra", "")}
+    assert signalled == {"base_model", "sft", "reward_model", "ppo"}
     # the SFT pair as the paper trains it: the same data, two seeds
     sft = [j["shell"] for j in jobs if j["rule"] == "sft"]
     assert len(sft) == 2 and all("--data-subset all" in s and "half" not in s for s in sft)
@@ -115,7 +118,7 @@ def test_the_landscape_and_the_preflight_follow_the_config(tmp_path):
 
 def test_a_two_node_job_asks_one_task_and_its_gpus_per_node(tmp_path):
     two = tmp_path / "two-nodes.yaml"
-    two.write_text("resources:\n  sft: {nodes: 2, runtime: 600}\n")
+    two.write_text("resources:\n  sft: {nodes: 2, runtime: 600, slurm_extra: --qos=high}\n")
     proc = dry_run(tmp_path, "slurm", str(EXPERIMENTS / "llama2-7b.yaml"), str(two))
     [sft, *_] = [j for j in dry_run_jobs(proc.stdout + proc.stderr) if j["rule"] == "sft"]
     resources = sft["resources"]
@@ -134,6 +137,7 @@ def test_a_two_node_job_asks_one_task_and_its_gpus_per_node(tmp_path):
     submit = get_submit_command(job, {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c", "account": "",
                                       "partition": "", "workdir": "."})
     assert "--nodes=2" in submit and "--ntasks=2" in submit and "--gpus-per-node=8" in submit
+    assert "--qos=high" in submit and "--signal=TERM@300" in submit        # the user's flag and the stop signal
     assert "--gpus=" not in submit                                          # not 16 GPUs split any which way
     # and a one-node GPU job of the shipped overlay: --nodes=1 beside its --gpus=8
     from snakemake_executor_plugin_slurm.utils import set_gres_string
@@ -147,11 +151,15 @@ def test_a_two_node_job_asks_one_task_and_its_gpus_per_node(tmp_path):
     assert "--nodes=1" in submit and "--gpus=8" in submit and "-t 245" in submit
 
 
-def test_profiles_ask_for_the_preemption_signal_and_a_global_request_budget():
-    slurm = yaml.safe_load((PROFILES["slurm"] / "config.yaml").read_text())
-    assert "--signal=TERM@300" in slurm["default-resources"]["slurm_extra"]
+def test_profiles_ask_for_a_global_request_budget_and_a_bad_stop_signal_is_refused(tmp_path):
     for profile in PROFILES.values():
         assert yaml.safe_load((profile / "config.yaml").read_text())["resources"]["api_requests"] >= 1
+    # USR1 would end the job-side Snakemake (it handles only TERM), B: only the batch shell: refused before any job
+    for wrong in ("USR1@300", "B:TERM@300", "TERM"):
+        overlay = tmp_path / "signal.yaml"
+        overlay.write_text(f"resources:\n  ppo: {{stop_signal: '{wrong}'}}\n")
+        proc = dry_run(tmp_path, "slurm", str(EXPERIMENTS / "llama2-7b.yaml"), str(overlay), check=False)
+        assert proc.returncode != 0 and "On instance['resources']['ppo']['stop_signal']" in proc.stdout + proc.stderr
 
 
 def test_salsa_plan_prints_the_gpu_hours_memory_per_gpu_disk_and_the_judge_bill(tmp_path):
@@ -255,6 +263,35 @@ def test_the_judges_answer_before_any_gpu_or_api_job_starts(tmp_path):
     assert "judge check before sft:" in proc.stdout and "1 API judge(s) answered" in proc.stdout
     assert len(server.requests) == 1 and server.requests[0]["max_tokens"] == 1
     assert "Error in rule prepare_data" in proc.stdout + proc.stderr
+
+
+def test_judges_on_the_cluster_must_have_answered_for_this_config_before_gpu_jobs_start(tmp_path):
+    """resources.bench_judge.local false: Snakemake's machine cannot ask the judges, so a run with GPU jobs starts
+    only once the judge_preflight job (a target of its own) answered for the same judges."""
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+    from bench_helpers import FakeChatServer, chat_reply
+
+    remote = tmp_path / "remote.yaml"
+    remote.write_text("resources:\n  bench_judge: {local: false}\n")
+    marker = tmp_path / "results" / "llama2-7b" / "judge_preflight" / "ok.json"
+    with FakeChatServer(lambda n, req: (200, chat_reply("OK"), 0, None)) as server:
+        configs = [EXPERIMENTS / "llama2-7b.yaml", judge_at(tmp_path, server.base_url), remote]
+        refused = workstation_run(tmp_path, *configs, targets=["results/llama2-7b/sft/seed1"])
+        errors = [line for line in (refused.stdout + refused.stderr).splitlines() if line.startswith("error:")]
+        assert refused.returncode == 1 and errors == [
+            "error: the API judges run on the cluster (resources.bench_judge.local: false) and "
+            "results/llama2-7b/judge_preflight/ok.json does not exist: run the same snakemake command with the "
+            "target judge_preflight first; then sft can start"], errors
+        assert not (tmp_path / "results").exists() and not server.requests
+        checked = workstation_run(tmp_path, *configs, targets=["judge_preflight"])
+        assert checked.returncode == 0 and marker.is_file() and len(server.requests) == 1, checked.stderr[-2000:]
+        started = workstation_run(tmp_path, *configs, targets=["results/llama2-7b/sft/seed1"])
+        assert "judge check before sft: answered on the cluster" in started.stdout
+        assert "Error in rule prepare_data" in started.stdout + started.stderr   # offline: the data job fails
+        # another judge than the one that answered: refused again
+        configs[1].write_text(configs[1].read_text().replace(server.base_url, server.base_url + "/other"))
+        again = workstation_run(tmp_path, *configs, targets=["results/llama2-7b/sft/seed1"])
+    assert again.returncode == 1 and "ok.json checks other judges" in again.stdout + again.stderr
 
 
 def test_no_job_input_is_ancient_because_snakemake_then_skips_other_reruns(tmp_path):

@@ -16,9 +16,11 @@ the two by two orders of magnitude.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,31 +77,69 @@ def loads_with_transformers(directory: Path, auto: str = "AutoModelForCausalLM")
 
 
 # --- SFT ---------------------------------------------------------------------------------------
-def sft_args(tiny, out):
-    return ["--model", tiny["base"], "--data", tiny["data"] / "sft", "--out", out, "--seed", 1, "--steps", 4,
+def sft_args(tiny, out, steps=4):
+    return ["--model", tiny["base"], "--data", tiny["data"] / "sft", "--out", out, "--seed", 1, "--steps", steps,
             "--batch-size", 8, "--lr", 1e-3]
 
 
-@pytest.fixture(scope="module")
-def sft_single(tiny, tmp_path_factory):
+def single_sft(tiny, out, steps):
     from salsa import sft
-    out = tmp_path_factory.mktemp("single") / "sft"
-    sft.main([*map(str, sft_args(tiny, out)), "--threads", "1"])
+    sft.main([*map(str, sft_args(tiny, out, steps)), "--threads", "1"])
     return out
 
 
+def job_launch(config: str, module: str, args: list, slots: Path, processes: int = 2) -> subprocess.Popen:
+    """A stage started as a Snakemake job starts it (rules/jobs.smk: launcher), in a session of its own like a SLURM
+    job step's processes; `processes` on CPU."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "SALSA_SLOT_DIR": str(slots)}
+    for name in ("SALSA_KILL_AFTER_CHECKPOINT", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "CUDA_VISIBLE_DEVICES"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "salsa.launch", "--gpus", "0", "--processes", str(processes),
+               "--accelerate-config", f"config/accelerate/{config}.yaml", "--", f"salsa.{module}", *map(str, args),
+               "--threads", "1"]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def test_sft_stopped_by_sigterm_in_its_job_checkpoints_on_every_rank_and_resumes_like_one_process(tiny, tmp_path):
+    """What a training job's step gets before its SLURM time limit (--signal=TERM@300): SIGTERM to each of its
+    processes, torchelastic's launcher included. The ranks agree to stop after the same step, save it and exit;
+    the job's retry resumes there and ends where one process ends (DDP, 2 processes, accumulation 2)."""
+    out, steps = tmp_path / "sft", 300
+    args = [*sft_args(tiny, out, steps), "--micro-batch-size", 2, "--checkpoint-every", 20]
+    latest = tmp_path / ".sft.resume" / "latest.json"
+    job = job_launch("ddp", "sft", args, tmp_path / "slots")
+    deadline = time.monotonic() + 300
+    while not latest.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)   # the loop runs once the first periodic checkpoint (step 20) is written
+    os.killpg(job.pid, signal.SIGTERM)
+    log = job.communicate(timeout=300)[0]
+    assert job.returncode != 0 and "stop signal: checkpointed step" in log, log[-3000:]
+    stopped_at = json.loads(latest.read_text())["step"]
+    assert 20 < stopped_at < steps and not out.exists(), log[-3000:]
+    retry = job_launch("ddp", "sft", args, tmp_path / "slots")
+    log = retry.communicate(timeout=300)[0]
+    assert retry.returncode == 0, log[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] == stopped_at and summary["processes"] == 2 and summary["accumulation"] == 2
+    assert summary["peak_memory_mb"] > 0
+    assert max_difference(out, single_sft(tiny, tmp_path / "single", steps)) < TOLERANCE
+    loads_with_transformers(out)
+
+
 # ZeRO-3's kill-and-resume runs three DeepSpeed launches (~100 s): slow, in `make test-slow`
-@pytest.mark.parametrize("config", ["ddp", pytest.param("deepspeed-zero3", marks=pytest.mark.slow)])
-def test_sft_two_processes_with_accumulation_and_resume_equals_one_process(tiny, sft_single, tmp_path, config):
+@pytest.mark.slow
+def test_sft_under_zero3_with_accumulation_killed_and_resumed_equals_one_process(tiny, tmp_path):
     out = tmp_path / "sft"
     args = [*sft_args(tiny, out), "--micro-batch-size", 2, "--checkpoint-every", 2]
-    killed = launch(config, "sft", args, kill_after=2)
+    killed = launch("deepspeed-zero3", "sft", args, kill_after=2)
     assert killed.returncode != 0 and (tmp_path / ".sft.resume" / "latest.json").exists()
-    ok(launch(config, "sft", args))
+    ok(launch("deepspeed-zero3", "sft", args))
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["resumed_from_step"] == 2 and summary["processes"] == 2 and summary["accumulation"] == 2
     assert summary["peak_memory_mb"] > 0
-    assert max_difference(out, sft_single) < TOLERANCE
+    assert max_difference(out, single_sft(tiny, tmp_path / "single", 4)) < TOLERANCE
     loads_with_transformers(out)
 
 

@@ -56,6 +56,8 @@ def test_workstation_jobs_get_their_own_gpus_and_ports(tmp_path):
         assert len({r["CUDA_VISIBLE_DEVICES"] for r in seen}) == 1 and len({r["MASTER_PORT"] for r in seen}) == 1
         gpus = set(seen[0]["CUDA_VISIBLE_DEVICES"].split(","))
         assert len(gpus) == 2 and gpus <= {"0", "1", "2", "3"}
+        # on a stop signal the launcher waits this long for its processes to checkpoint (torchelastic's own is 30 s)
+        assert {r["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] for r in seen} == {"290"}
         # the port is the one salsa.launch locked (accelerate would move off a port in use, but only one that is
         # in use when it looks: two jobs starting together could both pick 29500)
         said = (tmp_path / f"job{job}.log").read_text()
@@ -82,11 +84,23 @@ def test_one_gpu_job_runs_one_process_on_its_slot_and_too_many_gpus_is_one_line(
     assert proc.wait(timeout=60) == 0, (tmp_path / "a.log").read_text()
     [seen] = records(tmp_path / "rec")
     assert seen["CUDA_VISIBLE_DEVICES"] == "5" and seen["WORLD_SIZE"] is None    # python -m, no launcher
+    assert seen["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] is None
     proc = launch(["--gpus", "3", "--accelerate-config", DDP, "--", "launch_probe", "--record", "x"], env,
                   tmp_path / "b.log")
     assert proc.wait(timeout=60) == 1
     assert (tmp_path / "b.log").read_text().strip().splitlines() == [
         "error: the job asks for 3 GPUs; this machine lends 2 (CUDA_VISIBLE_DEVICES)"]
+
+
+def test_the_launchers_wait_for_a_checkpoint_on_a_stop_signal_is_the_users_if_set(monkeypatch):
+    from salsa import launch as launcher
+
+    monkeypatch.delenv(launcher.SHUTDOWN_TIMEOUT, raising=False)
+    assert launcher.stop_grace([sys.executable, "-m", "accelerate.commands.launch"]) == {
+        launcher.SHUTDOWN_TIMEOUT: str(launcher.STOP_GRACE_S)}
+    assert launcher.stop_grace([sys.executable, "-m", "salsa.sft"]) == {}
+    monkeypatch.setenv(launcher.SHUTDOWN_TIMEOUT, "600")
+    assert launcher.stop_grace([sys.executable, "-m", "accelerate.commands.launch"]) == {}
 
 
 @pytest.mark.slow  # three 2-process trainings (~40 s): `make test-slow`

@@ -110,3 +110,31 @@ def test_benchmark_answers_keep_the_special_tokens_the_model_emitted():
     kept = reply(keep_special_tokens=True)
     assert kept.split() == ["1", "2", "<pad>", "<unk>", "3"] and gold_reward("copy 1 2 3", kept) < 1.0
     assert reply().split() == ["1", "2", "3"]  # a judge's own verdict text: special tokens dropped
+
+
+def test_an_answer_cap_above_half_the_context_is_lowered_and_said(capsys):
+    import torch
+    from types import SimpleNamespace
+
+    from salsa.benchmarks.chat_generation import generate_chat
+    from salsa.data import build_tokenizer
+
+    tokenizer = build_tokenizer(TaskSpec(num_symbols=10))
+    asked = []
+
+    class Recorder:
+        config = SimpleNamespace(max_position_embeddings=64)
+
+        def parameters(self):
+            yield torch.zeros(1)
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            asked.append(kwargs["max_new_tokens"])
+            return input_ids
+
+    conversations = [[{"role": "user", "content": "copy 1 2 3"}]] * 2
+    generate_chat(Recorder(), tokenizer, conversations, [(0.0, 32), (0.0, 40)], progress=False)
+    assert sorted(asked) == [32, 32]
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: max_new_tokens 40 is more than half of the model's 64 positions; replies to 1 prompt(s) are capped "
+        "at 32 new tokens"]

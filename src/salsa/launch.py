@@ -16,6 +16,9 @@ The rules call every GPU-capable stage through this module (rules/jobs.smk: laun
 * **SLURM, N nodes**: `srun` starts this module once per node (`--node-task`); each starts
   `accelerate launch --num_machines N --machine_rank $SLURM_NODEID` with the main address of the
   step's first node and a port derived from the job id, the same on every node.
+* **Stop signals**: a multi-process job's launcher (torchelastic, under `accelerate launch`) passes SIGTERM on to
+  its processes and SIGKILLs them after TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default: too short for a 7B stage
+  to finish its step and save its resume state. The launcher gets STOP_GRACE_S unless the variable is set.
 * **Deterministic failures**: the stage's one-line StageError is recorded beside the output
   (`.<name>.stage_error`, through SALSA_STAGE_ERROR_FILE, read by artifacts.run_main); a retry
   of the same job (`--attempt` > 1) then fails at once with that line instead of running again.
@@ -44,6 +47,10 @@ PORT_BASE = 29500
 PORT_SLOTS = 200
 MULTI_NODE_PORT_BASE = 30000   # multi-node jobs: 30000 + job id mod 10000, the same on every node
 SLOT_WAIT_S = 2.0
+# seconds torchelastic waits for the processes to checkpoint on a stop signal before it kills them: just under the
+# 300 s by which resources.<stage>.stop_signal (TERM@300) precedes the time limit, when SLURM kills the job anyway
+STOP_GRACE_S = 290
+SHUTDOWN_TIMEOUT = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 
 
 class LaunchError(Exception):
@@ -168,7 +175,8 @@ def accelerate_command(args: argparse.Namespace, command: list[str], port: int, 
         return [sys.executable, "-m", module, *rest]
     if not args.accelerate_config:
         raise LaunchError(f"{module}: {per_node * machines} processes need --accelerate-config")
-    line = ["accelerate", "launch", "--config_file", args.accelerate_config,
+    # the interpreter's own accelerate, not whichever `accelerate` the job's PATH finds first
+    line = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.accelerate_config,
             "--num_processes", str(per_node * machines), "--main_process_port", str(port)]
     if machines > 1:
         line += ["--num_machines", str(machines), "--machine_rank", str(machine_rank),
@@ -188,8 +196,19 @@ def node_task(args: argparse.Namespace, command: list[str]) -> list[str]:
     return accelerate_command(args, command, port, args.nodes, rank, first_host(nodelist))
 
 
+def stop_grace(argv: list[str]) -> dict[str, str]:
+    """The launcher's wait for its processes to checkpoint on a stop signal (a user's own setting wins)."""
+    launches = argv[1:3] == ["-m", "accelerate.commands.launch"]
+    return {SHUTDOWN_TIMEOUT: str(STOP_GRACE_S)} if launches and SHUTDOWN_TIMEOUT not in os.environ else {}
+
+
 def plan(args: argparse.Namespace, command: list[str]) -> tuple[list[str], dict[str, str], str]:
     """(argv to exec, environment changes, one line saying where the job runs)."""
+    argv, env, where = placement(args, command)
+    return argv, {**env, **stop_grace(argv)}, where
+
+
+def placement(args: argparse.Namespace, command: list[str]) -> tuple[list[str], dict[str, str], str]:
     env: dict[str, str] = {}
     in_slurm = bool(os.environ.get("SLURM_JOB_ID"))
     if args.nodes > 1:

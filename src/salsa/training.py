@@ -246,7 +246,7 @@ def save_checkpoint(accelerator, out: str | Path, step: int, extra: dict | None 
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-# --- preemption: SLURM sends SIGUSR1 (profile) or SIGTERM ahead of the time limit ----------
+# --- preemption: SLURM sends SIGTERM ahead of the time limit (stop_signal); SIGUSR1 by hand ----
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpointed on a signal; rerun the job to resume
 _signal_received: list[int] = []
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 ENV_KEYS = ("CUDA_VISIBLE_DEVICES", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
-            "GROUP_RANK", "SALSA_STAGE_ERROR_FILE")
+            "GROUP_RANK", "SALSA_STAGE_ERROR_FILE", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT")
 
 
 def train(world: int, rank: int) -> list[float]:

@@ -1,7 +1,7 @@
 """Stage `benchmark_judge`: judge a model's benchmark answers; write judgments and flat scores.
 
   python -m salsa.benchmarks.judge --answers FILE --benchmark arena_hard_v0.1 --judge openai \
-      --judge-model gpt-4-1106-preview --data-dir PATH --out DIR
+      --judge-model gpt-4.1-2025-04-14 --data-dir PATH --out DIR
 
 Writes DIR/judgments.jsonl (upstream judgment fields), DIR/scores.json (a flat dict of
 numbers, e.g. mtbench_score or arena_winrate, plus judge_failures) and DIR/salsa_meta.json.
@@ -49,7 +49,8 @@ class JudgeStageConfig:
     categories: list[str] = arg([], help="Arena-Hard v2.0 categories (default: hard_prompt)")
     seed: int = arg(0, help="seed of the bootstraps and of a sampling local judge")
     max_questions: int | None = arg(None, help="judge only the first N questions")
-    judge_model: str | None = arg(None, help="openai: API model name (e.g. gpt-4-0613); local/reward: model dir")
+    judge_model: str | None = arg(None, help="openai: API model name (e.g. gpt-4.1-2025-04-14); local/reward: "
+                                              "model dir")
     base_url: str | None = arg(None, help="openai: endpoint, e.g. http://127.0.0.1:8000/v1 (vLLM, transformers "
                                           "serve); default: the OpenAI API")
     api_key_env: str = arg("OPENAI_API_KEY", help="openai: NAME of the environment variable holding the key")

@@ -149,10 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.out:
         return
     with atomic_text_file(args.out) as handle:
-        json.dump({"judges": [{"benchmark": b.benchmark, "judge": b.judge, "models": b.models, "calls": b.calls,
-                               "input_tokens": b.input_tokens, "output_tokens": b.output_tokens,
-                               "cost_usd": None if b.cost is None else math.floor(b.cost * 100 + 0.5) / 100}
-                              for b in bills]}, handle, indent=1)
+        # the plan checked: a run that judges on the cluster starts its GPU jobs only after this plan answered
+        judges = [{"benchmark": b.benchmark, "judge": b.judge, "models": b.models, "calls": b.calls,
+                   "input_tokens": b.input_tokens, "output_tokens": b.output_tokens,
+                   "cost_usd": None if b.cost is None else math.floor(b.cost * 100 + 0.5) / 100} for b in bills]
+        json.dump({"plan": plan, "judges": judges}, handle, indent=1)
 
 
 if __name__ == "__main__":
