@@ -39,8 +39,8 @@ run: $(RUN_STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile -m 'not rehearsal and not slow'
 
-# the whole tiny DAG and its caching, the SmolLM2 DAG, the DAG through a real SLURM and through the workstation
-# profile, two machines on localhost, ZeRO-3 SFT and PPO killed and resumed
+# the whole tiny DAG and its caching, the SmolLM2 DAG, the DAG through a real SLURM (and a job signalled there)
+# and through the workstation profile, two machines on localhost, ZeRO-3 SFT and PPO killed and resumed
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=0 -n $(TEST_WORKERS) --dist loadfile -m 'slow and not rehearsal'
 

@@ -3,16 +3,19 @@
 A tiny DAG (data, base, two SFTs, soup) goes through sbatch; every job must show up in SLURM's
 job-completion record, on the partition the config names, with the memory it asked for, and its
 outputs must equal a local run's byte for byte. Then a damaged input makes the soup job fail
-on the cluster, and Snakemake must fail and show that job's log. Skipped where SLURM cannot be
-installed or started (not root, no apt-get, another cluster in the way).
+on the cluster, and Snakemake must fail and show that job's log. An SFT job sent SIGTERM, as before a time
+limit, must save, fail and resume in its retry. Skipped where SLURM cannot be installed or started (not root,
+no apt-get, another cluster in the way).
 """
 
 import filecmp
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +167,47 @@ def test_tiny_dag_runs_through_sbatch_and_matches_a_local_run(slurm_cluster, tmp
     assert slurm_log.is_file()  # SLURM's log of a failed job is kept (successful ones are deleted)
     assert "Error in rule soup" in slurm_log.read_text()
     assert not [p for _, p in jobs.values() if p.exists()]
+
+
+@pytest.mark.slow
+def test_a_training_job_signalled_on_the_cluster_checkpoints_and_its_retry_resumes(slurm_cluster, tmp_path):
+    """What --signal=TERM@300 does before a time limit (and SLURM on preemption): SIGTERM to the job's steps, here
+    sent with scancel --signal=TERM once the SFT's loop runs. Without periodic checkpoints, the only one it can
+    resume from is the one it saved on the signal; the job fails, the profile's retry resumes it, and the weights
+    equal an uninterrupted local run's."""
+    overlay = tmp_path / "cluster.yaml"
+    overlay.write_text(CLUSTER_OVERLAY + "sft:\n  steps: 2000\n  checkpoint_every: 0\n")
+    target = "results/tiny/sft/seed1"
+    local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
+    env = slurm_env(slurm_cluster)
+    local = subprocess.Popen([*SNAKEMAKE, "-d", str(local_dir), "--configfile", DEFAULT, TINY, str(overlay), "--",
+                              target], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                             start_new_session=True)
+    log_file = tmp_path / "snakemake.log"
+    with log_file.open("w") as log_handle:
+        run = subprocess.Popen([*SNAKEMAKE, "-d", str(slurm_dir), "--profile", PROFILE, "--configfile", DEFAULT, TINY,
+                                str(overlay), "--slurm-init-seconds-before-status-checks", "1", "--", target],
+                               stdout=log_handle, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+    stage_log = slurm_dir / "results/tiny/logs/sft/seed1.log"
+    try:
+        deadline = time.monotonic() + TIME_LIMIT
+        while run.poll() is None and time.monotonic() < deadline and not (
+                stage_log.exists() and "sft:" in stage_log.read_text(errors="replace")):   # its progress bar
+            time.sleep(0.05)
+        [sft_job] = [job for job, (rule, _) in submitted(log_file.read_text()).items() if rule == "sft"]
+        subprocess.run(["scancel", "--signal=TERM", sft_job], env=env, check=True)   # the steps, not the batch shell
+        run.wait(timeout=TIME_LIMIT)
+        local_out, _ = local.communicate(timeout=TIME_LIMIT)
+    finally:
+        for proc in (run, local):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    log = log_file.read_text()
+    assert run.returncode == 0 and local.returncode == 0, log[-4000:] + local_out[-2000:]
+    sft_jobs = [(job, path) for job, (rule, path) in submitted(log).items() if rule == "sft"]
+    assert len(sft_jobs) == 2 and sft_jobs[0][0] == sft_job, log[-4000:]   # the signalled job and its retry
+    records = completions(slurm_cluster)
+    assert [records[job]["JobState"] for job, _ in sft_jobs] == ["FAILED", "COMPLETED"]
+    assert 0 < json.loads((slurm_dir / target / "train_summary.json").read_text())["resumed_from_step"] < 2000
+    assert filecmp.cmp(slurm_dir / target / "model.safetensors", local_dir / target / "model.safetensors",
+                       shallow=False)
