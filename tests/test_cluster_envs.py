@@ -75,3 +75,20 @@ def test_post_deploy_refuses_to_run_outside_snakemake(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "envs" / "salsa.post-deploy.sh")], cwd=tmp_path, env=env_vars,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "SALSA_REPO" in proc.stderr
+
+
+def pins_digest(constraints: str) -> str:
+    """What a post-deploy script installs besides its own lines: the pins and the package's requirements."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    payload = [sorted(pins(REPO / constraints).items()), project["dependencies"],
+               sorted(project["optional-dependencies"].items())]
+    return hashlib.sha256(repr(payload).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("env, constraints", [("salsa", "constraints.txt"), ("salsa-gpu", "constraints-gpu.txt")])
+def test_a_changed_pin_changes_the_post_deploy_script_so_snakemake_rebuilds_the_env(env, constraints):
+    """Snakemake names an env by the hash of its file and post-deploy script, not of the constraints file or
+    pyproject.toml they install from: without this line a new pin would keep the old environment."""
+    script = (REPO / "envs" / f"{env}.post-deploy.sh").read_text()
+    line = f"# pins digest: {pins_digest(constraints)}"
+    assert line in script.splitlines(), f"envs/{env}.post-deploy.sh: set its line `# pins digest: ...` to `{line}`"
