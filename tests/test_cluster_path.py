@@ -102,6 +102,13 @@ def test_a_retired_judge_is_refused_in_one_line_before_any_job(tmp_path):
         "error: config: benchmarks.mt_bench.judging.judge_model: gpt-4-0613 was shut down by OpenAI on 2026-10-23 "
         "and answers every request with HTTP 404; use a current model (e.g. gpt-4.1-2025-04-14, docs/judging.md) "
         "or your own endpoint (base_url)"]
+    # an API judge with no model is refused as early, not at the first request
+    overlay.write_text("benchmarks:\n  arena_hard_v0.1: {judge: openai, judging: {judge_model: ''}}\n")
+    proc = dry_run(tmp_path, "slurm", str(EXPERIMENTS / "llama2-7b.yaml"), str(overlay), check=False)
+    assert proc.returncode != 0 and [line for line in (proc.stdout + proc.stderr).splitlines()
+                                     if line.startswith("error:")] == [
+        "error: config: benchmarks.arena_hard_v0.1.judging.judge_model: not set; judge: openai needs the API model "
+        "(e.g. gpt-4.1-2025-04-14, docs/judging.md) or the name your endpoint (base_url) serves"]
     # the same name behind your own server (vLLM serving a model under that name) is yours to use
     overlay.write_text("benchmarks:\n  mt_bench: {judge: openai, judging: {judge_model: gpt-4-0613, "
                        "base_url: 'http://127.0.0.1:8000/v1'}}\n")

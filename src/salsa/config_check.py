@@ -146,7 +146,10 @@ def _check_models(config: dict) -> Iterator[str]:
                 for s in (config.get("dpo") or {}).get("seeds", [])]
     for name, spec in (config.get("benchmarks") or {}).items():
         judging = spec.get("judging") or {}
-        if spec.get("enabled", True) and spec.get("judge") == "openai" and not judging.get("base_url"):
+        if spec.get("enabled", True) and spec.get("judge") == "openai" and not judging.get("judge_model"):
+            yield (f"benchmarks.{name}.judging.judge_model: not set; judge: openai needs the API model (e.g. "
+                   f"{CURRENT_JUDGE}, docs/judging.md) or the name your endpoint (base_url) serves")
+        elif spec.get("enabled", True) and spec.get("judge") == "openai" and not judging.get("base_url"):
             retired = retired_judge_message(f"benchmarks.{name}.judging.judge_model", judging.get("judge_model", ""))
             if retired:
                 yield retired
