@@ -46,7 +46,8 @@ def test_paper_overlay_fetches_its_data_and_labels_and_sizes_its_jobs(tmp_path):
 
 def test_missing_benchmark_data_or_judge_model_fails_the_dry_run(tmp_path):
     missing_data = tmp_path / "data.yaml"
-    missing_data.write_text(f"benchmarks:\n  mt_bench: {{judge: openai, data_dir: {tmp_path / 'no-benchmarks'}}}\n")
+    missing_data.write_text("benchmarks:\n  mt_bench: {judge: openai, judging: {judge_model: gpt-4.1-2025-04-14}, "
+                            f"data_dir: {tmp_path / 'no-benchmarks'}}}\n")
     proc = dry_run(tmp_path / "a", missing_data)
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
