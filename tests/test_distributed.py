@@ -88,12 +88,13 @@ def single_sft(tiny, out, steps):
     return out
 
 
-def job_launch(config: str, module: str, args: list, slots: Path, processes: int = 2) -> subprocess.Popen:
+def job_launch(config: str, module: str, args: list, processes: int = 2) -> subprocess.Popen:
     """A stage started as a Snakemake job starts it (rules/jobs.smk: launcher), in a session of its own like a SLURM
-    job step's processes; `processes` on CPU."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "SALSA_SLOT_DIR": str(slots)}
-    for name in ("SALSA_KILL_AFTER_CHECKPOINT", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "CUDA_VISIBLE_DEVICES"):
+    job step's processes; `processes` on CPU. The machine's slot directory, shared with tests/test_launch.py's
+    launches, so two launches running at once never take the same rendezvous port."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for name in ("SALSA_KILL_AFTER_CHECKPOINT", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "CUDA_VISIBLE_DEVICES",
+                 "SALSA_SLOT_DIR"):
         env.pop(name, None)
     command = [sys.executable, "-m", "salsa.launch", "--gpus", "0", "--processes", str(processes),
                "--accelerate-config", f"config/accelerate/{config}.yaml", "--", f"salsa.{module}", *map(str, args),
@@ -109,7 +110,7 @@ def test_sft_stopped_by_sigterm_in_its_job_checkpoints_on_every_rank_and_resumes
     out, steps = tmp_path / "sft", 300
     args = [*sft_args(tiny, out, steps), "--micro-batch-size", 2, "--checkpoint-every", 20]
     latest = tmp_path / ".sft.resume" / "latest.json"
-    job = job_launch("ddp", "sft", args, tmp_path / "slots")
+    job = job_launch("ddp", "sft", args)
     deadline = time.monotonic() + 300
     while not latest.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)   # the loop runs once the first periodic checkpoint (step 20) is written
@@ -118,7 +119,7 @@ def test_sft_stopped_by_sigterm_in_its_job_checkpoints_on_every_rank_and_resumes
     assert job.returncode != 0 and "stop signal: checkpointed step" in log, log[-3000:]
     stopped_at = json.loads(latest.read_text())["step"]
     assert 20 < stopped_at < steps and not out.exists(), log[-3000:]
-    retry = job_launch("ddp", "sft", args, tmp_path / "slots")
+    retry = job_launch("ddp", "sft", args)
     log = retry.communicate(timeout=300)[0]
     assert retry.returncode == 0, log[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
