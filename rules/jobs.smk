@@ -187,13 +187,18 @@ def require_checked_judges_on_record(plan, pending):
     marker = result("judge_preflight", "ok.json")
     try:
         with open(marker) as handle:
-            checked = json.load(handle).get("plan")
+            checked = json.load(handle).get("plan", "none")
     except (OSError, ValueError):
         checked = None
     if checked != json.loads(json.dumps(plan)):
-        sys.exit(f"error: the API judges run on the cluster (resources.bench_judge.local: false) and {marker} "
-                 f"{'checks other judges' if os.path.isfile(marker) else 'does not exist'}: run the same snakemake "
-                 f"command with the target judge_preflight first; then {', '.join(pending)} can start")
+        why = ("resources.bench_judge.local: false"
+               if config.get("resources", {}).get("bench_judge", {}).get("local") is False
+               else "a judge that loads a model or asks for GPUs sends every judge there; local: true keeps them here")
+        state = ("does not exist" if checked is None else "records no judges (an older run)" if checked == "none"
+                 else "checks other judges")
+        forced = " (and --forcerun judge_preflight)" if checked == "none" else ""
+        sys.exit(f"error: the API judges run on the cluster ({why}) and {marker} {state}: run the same snakemake "
+                 f"command with the target judge_preflight{forced} first; then {', '.join(pending)} can start")
     print(f"judge check before {', '.join(pending)}: answered on the cluster ({marker})", flush=True)
 
 

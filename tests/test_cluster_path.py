@@ -298,7 +298,19 @@ def test_judges_on_the_cluster_must_have_answered_for_this_config_before_gpu_job
         # another judge than the one that answered: refused again
         configs[1].write_text(configs[1].read_text().replace(server.base_url, server.base_url + "/other"))
         again = workstation_run(tmp_path, *configs, targets=["results/llama2-7b/sft/seed1"])
-    assert again.returncode == 1 and "ok.json checks other judges" in again.stdout + again.stderr
+    assert again.returncode == 1 and "ok.json checks other judges: run the same snakemake command with the target" \
+        in again.stdout + again.stderr
+    # a marker from before judges were recorded: the target alone would find nothing to do, so the line says how
+    marker.write_text('{"judges": []}')
+    old = workstation_run(tmp_path, *configs, targets=["results/llama2-7b/sft/seed1"])
+    assert old.returncode == 1 and "ok.json records no judges (an older run): run the same snakemake command with " \
+        "the target judge_preflight (and --forcerun judge_preflight) first" in old.stdout + old.stderr
+    # without local: false, a judge that loads a model sends the API judge to the cluster too, and the line says so
+    reward = tmp_path / "reward-judge.yaml"
+    reward.write_text("benchmarks:\n  mt_bench: {judge: reward}\n")
+    mixed = workstation_run(tmp_path, configs[0], configs[1], reward, targets=["results/llama2-7b/sft/seed1"])
+    assert mixed.returncode == 1 and "error: the API judges run on the cluster (a judge that loads a model or asks " \
+        "for GPUs sends every judge there; local: true keeps them here)" in mixed.stdout + mixed.stderr
 
 
 def test_no_job_input_is_ancient_because_snakemake_then_skips_other_reruns(tmp_path):

@@ -9,7 +9,7 @@ test_fsdp_is_refused_here_with_accelerates_error), so its code paths are the ZeR
 
 Tolerance: a 2-process run of the same global batch computes the same sums in another order, so
 weights agree to float32 rounding (measured 7.5e-9 for SFT/DPO, 1e-7 for reward and PPO over a few
-Adam steps). Each Adam step moves every weight by about lr (1e-3 here), so a run that trains on
+Adam steps, 2.4e-7 for the 300-step SFT of the stop-signal test). Each Adam step moves every weight by about lr (1e-3 here), so a run that trains on
 the wrong examples, normalises per rank or lets a rank train alone is off by ~1e-3: 1e-5 separates
 the two by two orders of magnitude.
 """
@@ -88,7 +88,7 @@ def single_sft(tiny, out, steps):
     return out
 
 
-def job_launch(config: str, module: str, args: list, processes: int = 2) -> subprocess.Popen:
+def job_launch(config: str, module: str, args: list, log: Path, processes: int = 2) -> subprocess.Popen:
     """A stage started as a Snakemake job starts it (rules/jobs.smk: launcher), in a session of its own like a SLURM
     job step's processes; `processes` on CPU. The machine's slot directory, shared with tests/test_launch.py's
     launches, so two launches running at once never take the same rendezvous port."""
@@ -99,8 +99,9 @@ def job_launch(config: str, module: str, args: list, processes: int = 2) -> subp
     command = [sys.executable, "-m", "salsa.launch", "--gpus", "0", "--processes", str(processes),
                "--accelerate-config", f"config/accelerate/{config}.yaml", "--", f"salsa.{module}", *map(str, args),
                "--threads", "1"]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    with log.open("w") as handle:   # the job's log, as its rule's `log:`
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def test_sft_stopped_by_sigterm_in_its_job_checkpoints_on_every_rank_and_resumes_like_one_process(tiny, tmp_path):
@@ -110,18 +111,19 @@ def test_sft_stopped_by_sigterm_in_its_job_checkpoints_on_every_rank_and_resumes
     out, steps = tmp_path / "sft", 300
     args = [*sft_args(tiny, out, steps), "--micro-batch-size", 2, "--checkpoint-every", 20]
     latest = tmp_path / ".sft.resume" / "latest.json"
-    job = job_launch("ddp", "sft", args)
+    job = job_launch("ddp", "sft", args, tmp_path / "job.log")
     deadline = time.monotonic() + 300
     while not latest.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)   # the loop runs once the first periodic checkpoint (step 20) is written
+    assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
     os.killpg(job.pid, signal.SIGTERM)
-    log = job.communicate(timeout=300)[0]
+    job.wait(timeout=300)
+    log = (tmp_path / "job.log").read_text()
     assert job.returncode != 0 and "stop signal: checkpointed step" in log, log[-3000:]
     stopped_at = json.loads(latest.read_text())["step"]
     assert 20 < stopped_at < steps and not out.exists(), log[-3000:]
-    retry = job_launch("ddp", "sft", args)
-    log = retry.communicate(timeout=300)[0]
-    assert retry.returncode == 0, log[-3000:]
+    retry = job_launch("ddp", "sft", args, tmp_path / "retry.log")
+    assert retry.wait(timeout=300) == 0, (tmp_path / "retry.log").read_text()[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["resumed_from_step"] == stopped_at and summary["processes"] == 2 and summary["accumulation"] == 2
     assert summary["peak_memory_mb"] > 0

@@ -84,7 +84,7 @@ def test_a_checkpoint_from_other_settings_is_not_resumed(tiny, tmp_path, capsys)
 
 
 def test_a_stop_signal_checkpoints_exits_for_requeue_and_the_rerun_matches(tiny, tmp_path):
-    """SLURM's warning signal (SIGUSR1 via --signal, or SIGTERM) mid-run: the stage finishes its step,
+    """A stop signal mid-run (SLURM sends SIGTERM through --signal; SIGUSR1 is kept too): the stage finishes its step,
     checkpoints, exits with PREEMPTED_EXIT_CODE, and a rerun ends bitwise where an uninterrupted run ends."""
     out = tmp_path / "sft"
     args = ["--model", str(tiny["base"]), "--data", str(tiny["data"] / "sft"), "--out", str(out), "--seed", "1",

@@ -194,7 +194,9 @@ def test_a_training_job_signalled_on_the_cluster_checkpoints_and_its_retry_resum
         while run.poll() is None and time.monotonic() < deadline and not (
                 stage_log.exists() and "sft:" in stage_log.read_text(errors="replace")):   # its progress bar
             time.sleep(0.05)
-        [sft_job] = [job for job, (rule, _) in submitted(log_file.read_text()).items() if rule == "sft"]
+        running = [job for job, (rule, _) in submitted(log_file.read_text()).items() if rule == "sft"]
+        assert run.poll() is None and len(running) == 1, log_file.read_text()[-4000:]
+        sft_job = running[0]
         subprocess.run(["scancel", "--signal=TERM", sft_job], env=env, check=True)   # the steps, not the batch shell
         run.wait(timeout=TIME_LIMIT)
         local_out, _ = local.communicate(timeout=TIME_LIMIT)

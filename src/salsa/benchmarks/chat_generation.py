@@ -63,7 +63,8 @@ def generate_chat(model, tokenizer, conversations: Sequence[list[dict]], setting
     for group_index, ((temperature, max_new), members) in enumerate(sorted(groups.items())):
         if max_positions and max_new > max(1, max_positions // 2):   # said, not silent: fit_to_context caps it
             print(f"warning: max_new_tokens {max_new} is more than half of the model's {max_positions} positions; "
-                  f"replies to {len(members)} prompt(s) are capped at {max(1, max_positions // 2)} new tokens", file=sys.stderr)
+                  f"replies to {len(members)} prompt(s) are capped at {max(1, max_positions // 2)} new tokens",
+                  file=sys.stderr)
         members = sorted(members, key=lambda i: len(prompts[i]))   # similar lengths: less padding
         for start in range(0, len(members), batch_size):
             batch = members[start:start + batch_size]
