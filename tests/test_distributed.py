@@ -9,9 +9,9 @@ test_fsdp_is_refused_here_with_accelerates_error), so its code paths are the ZeR
 
 Tolerance: a 2-process run of the same global batch computes the same sums in another order, so
 weights agree to float32 rounding (measured 7.5e-9 for SFT/DPO, 1e-7 for reward and PPO over a few
-Adam steps, 2.4e-7 for the 300-step SFT of the stop-signal test). Each Adam step moves every weight by about lr (1e-3 here), so a run that trains on
-the wrong examples, normalises per rank or lets a rank train alone is off by ~1e-3: 1e-5 separates
-the two by two orders of magnitude.
+Adam steps, 2.4e-7 for the 300-step SFT of the stop-signal test). Each Adam step moves every weight by
+about lr (1e-3 here), so a run that trains on the wrong examples, normalises per rank or lets a rank
+train alone is off by ~1e-3: 1e-5 separates the two by two orders of magnitude.
 """
 
 import json
