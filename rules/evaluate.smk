@@ -46,6 +46,8 @@ rule judge_preflight:
         result("judge_preflight", "ok.json"),
     params:
         plan=shlex.quote(json.dumps(judge_preflight_plan(), sort_keys=True)),
+        # recorded in ok.json: a run judging on the cluster starts its GPU jobs after a check made there
+        checked_on="snakemake-host" if judge_runs_locally() else "cluster",
     log:
         result("logs", "judge_preflight.log"),
     priority: 100
@@ -54,7 +56,8 @@ rule judge_preflight:
     conda:
         "../envs/salsa.yaml"
     shell:
-        "python -m salsa.judges.preflight --plan {params.plan} --out {output} > {log} 2>&1"
+        "python -m salsa.judges.preflight --plan {params.plan} --checked-on {params.checked_on} --out {output}"
+        " > {log} 2>&1"
         " || {{ cat {log} >&2; exit 1; }}"
 
 

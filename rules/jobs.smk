@@ -118,6 +118,28 @@ def stage_resources(stage):
     return table
 
 
+def stop_leads_beyond_launcher_wait():
+    """Training stages whose stop_signal lead is over a minute longer than their launcher's wait for the save on
+    that signal (salsa.launch's STOP_GRACE_S, or the exported TORCH_ELASTIC_SHUTDOWN_TIMEOUT): the launcher kills
+    a multi-process stage before the lead is used. `(stage, lead, wait)` for a warning at parse time."""
+    from salsa.launch import SHUTDOWN_TIMEOUT, STOP_GRACE_S
+
+    wait = int(os.environ.get(SHUTDOWN_TIMEOUT) or STOP_GRACE_S)
+    found = []
+    for stage in DATA_PARALLEL:
+        lead = (resources_for(stage, "stop_signal") or "").removeprefix("TERM@")   # the schema's only form
+        processes = int(resources_for(stage, "gpus", 0)) * int(resources_for(stage, "nodes", 1))
+        if lead and processes > 1 and int(lead) > wait + 60:
+            found.append((stage, int(lead), wait))
+    return found
+
+
+for _stage, _lead, _wait in stop_leads_beyond_launcher_wait() if not workflow.remote_exec else []:
+    print(f"warning: resources.{_stage}.stop_signal TERM@{_lead}: the job's launcher waits only {_wait} s for the "
+          f"save on that signal; export TORCH_ELASTIC_SHUTDOWN_TIMEOUT={_lead - 10} before starting Snakemake",
+          file=sys.stderr)
+
+
 def conda_env(stage):
     """GPU jobs get the CUDA environment (envs/salsa-gpu.yaml) under --sdm conda."""
     return "../envs/salsa-gpu.yaml" if int(resources_for(stage, "gpus", 0)) > 0 else "../envs/salsa.yaml"
@@ -167,7 +189,7 @@ def check_judges_before_any_job(dag):
     pending = sorted({job.rule.name for job in dag.needrun_jobs() if needs_checked_judges(job, api_judged)})
     if not pending:
         return
-    if not judge_runs_locally():
+    if not judge_runs_locally() and not judges_answer_here():
         require_checked_judges_on_record(plan, pending)
         return
     try:
@@ -182,24 +204,39 @@ def check_judges_before_any_job(dag):
 
 
 def require_checked_judges_on_record(plan, pending):
-    """Judges on the cluster cannot be asked from here: the judge_preflight job must have answered for this very
-    plan (its ok.json records it) before a run that holds GPU or API jobs starts; else one line and exit 1."""
+    """Judges on the cluster cannot be asked from here: the judge_preflight job must have answered there for this very
+    plan (its ok.json records both) before a run that holds GPU or API jobs starts; else one line and exit 1."""
     marker = result("judge_preflight", "ok.json")
     try:
         with open(marker) as handle:
-            checked = json.load(handle).get("plan", "none")
+            record = json.load(handle)
     except (OSError, ValueError):
-        checked = None
-    if checked != json.loads(json.dumps(plan)):
-        why = ("resources.bench_judge.local: false"
-               if config.get("resources", {}).get("bench_judge", {}).get("local") is False
-               else "a judge that loads a model or asks for GPUs sends every judge there; local: true keeps them here")
-        state = ("does not exist" if checked is None else "records no judges (an older run)" if checked == "none"
-                 else "checks other judges")
-        forced = " (and --forcerun judge_preflight)" if checked == "none" else ""
-        sys.exit(f"error: the API judges run on the cluster ({why}) and {marker} {state}: run the same snakemake "
-                 f"command with the target judge_preflight{forced} first; then {', '.join(pending)} can start")
-    print(f"judge check before {', '.join(pending)}: answered on the cluster ({marker})", flush=True)
+        record = None
+    if not isinstance(record, dict):
+        state = "does not exist" if not os.path.exists(marker) else "is not a JSON object"
+    elif "plan" not in record:
+        state = "records no judges (an older run)"
+    elif record["plan"] != json.loads(json.dumps(plan)):
+        state = "checks other judges"
+    elif record.get("checked_on") != "cluster":
+        state = "was checked on the machine that runs Snakemake, not on the cluster"
+    else:
+        print(f"judge check before {', '.join(pending)}: answered on the cluster ({marker})", flush=True)
+        return
+    why = ("resources.bench_judge.local: false"
+           if config.get("resources", {}).get("bench_judge", {}).get("local") is False
+           else "a judge that loads a model or asks for GPUs sends every judge there; local: true keeps them here")
+    # --forcerun: with `--rerun-triggers mtime` or lost .snakemake metadata the target alone may find nothing to do
+    forced = "" if state == "does not exist" else " --forcerun judge_preflight"
+    sys.exit(f"error: the API judges run on the cluster ({why}) and {marker} {state}: run the same snakemake "
+             f"command with the target judge_preflight{forced} first; then {', '.join(pending)} can start")
+
+
+def judges_answer_here():
+    """Under the local executor every job, the judges' too, runs on this machine, so onstart asks the judges itself
+    even when a judge that loads a model keeps them off a login node; `local: false` still sends them elsewhere."""
+    explicit = config.get("resources", {}).get("bench_judge", {}).get("local")
+    return workflow.local_exec and explicit is not False
 
 
 def judge_runs_locally():

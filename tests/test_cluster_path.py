@@ -49,6 +49,7 @@ def test_dry_run_of_each_hub_overlay_is_the_cluster_users_path(name, profile, tm
     # the training stages' jobs, and only they, ask for SIGTERM 300 s before their limit (they checkpoint on it)
     signalled = {j["rule"] for j in jobs if "--signal=TERM@300" in j["resources"].get("slurm_extra", "")}
     assert signalled == {"base_model", "sft", "reward_model", "ppo"}
+    assert "warning: resources." not in proc.stderr   # the launcher's 290 s wait fits the 300 s lead
     # the SFT pair as the paper trains it: the same data, two seeds
     sft = [j["shell"] for j in jobs if j["rule"] == "sft"]
     assert len(sft) == 2 and all("--data-subset all" in s and "half" not in s for s in sft)
@@ -167,6 +168,21 @@ def test_profiles_ask_for_a_global_request_budget_and_a_bad_stop_signal_is_refus
         overlay.write_text(f"resources:\n  ppo: {{stop_signal: '{wrong}'}}\n")
         proc = dry_run(tmp_path, "slurm", str(EXPERIMENTS / "llama2-7b.yaml"), str(overlay), check=False)
         assert proc.returncode != 0 and "On instance['resources']['ppo']['stop_signal']" in proc.stdout + proc.stderr
+
+
+def test_a_stop_signal_lead_longer_than_the_launchers_wait_is_said_at_parse_time(tmp_path, monkeypatch):
+    """SIGTERM 900 s before the limit, but the launcher kills its processes 290 s after passing it on."""
+    monkeypatch.delenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", raising=False)
+    overlay = tmp_path / "lead.yaml"
+    overlay.write_text("resources:\n  sft: {stop_signal: 'TERM@900'}\n")
+    def warned(proc):
+        return [line for line in proc.stderr.splitlines() if line.startswith("warning: resources.")]
+
+    assert warned(dry_run(tmp_path, "slurm", EXPERIMENTS / "llama2-7b.yaml", overlay)) == [
+        "warning: resources.sft.stop_signal TERM@900: the job's launcher waits only 290 s for the save on that "
+        "signal; export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=890 before starting Snakemake"]
+    monkeypatch.setenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "890")
+    assert not warned(dry_run(tmp_path, "slurm", EXPERIMENTS / "llama2-7b.yaml", overlay))
 
 
 def test_salsa_plan_prints_the_gpu_hours_memory_per_gpu_disk_and_the_judge_bill(tmp_path):
@@ -296,21 +312,40 @@ def test_judges_on_the_cluster_must_have_answered_for_this_config_before_gpu_job
         assert "judge check before sft: answered on the cluster" in started.stdout
         assert "Error in rule prepare_data" in started.stdout + started.stderr   # offline: the data job fails
         # another judge than the one that answered: refused again
+        answered = marker.read_text()
         configs[1].write_text(configs[1].read_text().replace(server.base_url, server.base_url + "/other"))
         again = workstation_run(tmp_path, *configs, targets=["results/llama2-7b/sft/seed1"])
-    assert again.returncode == 1 and "ok.json checks other judges: run the same snakemake command with the target" \
-        in again.stdout + again.stderr
-    # a marker from before judges were recorded: the target alone would find nothing to do, so the line says how
-    marker.write_text('{"judges": []}')
-    old = workstation_run(tmp_path, *configs, targets=["results/llama2-7b/sft/seed1"])
-    assert old.returncode == 1 and "ok.json records no judges (an older run): run the same snakemake command with " \
-        "the target judge_preflight (and --forcerun judge_preflight) first" in old.stdout + old.stderr
-    # without local: false, a judge that loads a model sends the API judge to the cluster too, and the line says so
+    assert again.returncode == 1 and "ok.json checks other judges: run the same snakemake command with the target " \
+        "judge_preflight --forcerun judge_preflight first" in again.stdout + again.stderr
+    configs[1].write_text(configs[1].read_text().replace("/other", ""))
+    # the same judges, checked where Snakemake runs (local: true, then switched to false): the cluster never asked
+    marker.write_text(answered.replace('"checked_on": "cluster"', '"checked_on": "snakemake-host"'))
+    here = workstation_run(tmp_path, *configs, targets=["results/llama2-7b/sft/seed1"])
+    assert here.returncode == 1 and "ok.json was checked on the machine that runs Snakemake, not on the cluster: " \
+        "run the same snakemake command with the target judge_preflight --forcerun judge_preflight first" \
+        in here.stdout + here.stderr
+    # a marker from before judges were recorded, and one that is not a JSON object: the line says how
+    for written, state in (('{"judges": []}', "records no judges (an older run)"), ("[]", "is not a JSON object")):
+        marker.write_text(written)
+        old = workstation_run(tmp_path, *configs, targets=["results/llama2-7b/sft/seed1"])
+        assert old.returncode == 1 and f"ok.json {state}: run the same snakemake command with the target " \
+            "judge_preflight --forcerun judge_preflight first" in old.stdout + old.stderr
+
+
+def test_a_judge_that_loads_a_model_sends_the_api_judges_to_the_cluster_and_a_workstation_still_asks_them(tmp_path):
+    """Without local: false, a judge that loads a model keeps every judge off the machine that runs Snakemake.
+    Under the workstation's local executor that machine runs every job, so onstart asks the API judge itself."""
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+    from bench_helpers import FakeChatServer, chat_reply
+
     reward = tmp_path / "reward-judge.yaml"
     reward.write_text("benchmarks:\n  mt_bench: {judge: reward}\n")
-    mixed = workstation_run(tmp_path, configs[0], configs[1], reward, targets=["results/llama2-7b/sft/seed1"])
-    assert mixed.returncode == 1 and "error: the API judges run on the cluster (a judge that loads a model or asks " \
-        "for GPUs sends every judge there; local: true keeps them here)" in mixed.stdout + mixed.stderr
+    with FakeChatServer(lambda n, req: (200, chat_reply("OK"), 0, None)) as server:
+        configs = [EXPERIMENTS / "llama2-7b.yaml", judge_at(tmp_path, server.base_url), reward]
+        mixed = workstation_run(tmp_path, *configs, targets=["results/llama2-7b/sft/seed1"])
+    assert "judge check before sft:" in mixed.stdout and "1 API judge(s) answered" in mixed.stdout, mixed.stderr
+    assert len(server.requests) == 1 and "Error in rule prepare_data" in mixed.stdout + mixed.stderr
+    # under SLURM the same config needs the judge_preflight target first (test_judges_that_load_a_model_go_to_...)
 
 
 def test_no_job_input_is_ancient_because_snakemake_then_skips_other_reruns(tmp_path):

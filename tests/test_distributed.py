@@ -105,9 +105,10 @@ def job_launch(config: str, module: str, args: list, log: Path, processes: int =
 
 
 def test_sft_stopped_by_sigterm_in_its_job_checkpoints_on_every_rank_and_resumes_like_one_process(tiny, tmp_path):
-    """What a training job's step gets before its SLURM time limit (--signal=TERM@300): SIGTERM to each of its
-    processes, torchelastic's launcher included. The ranks agree to stop after the same step, save it and exit;
-    the job's retry resumes there and ends where one process ends (DDP, 2 processes, accumulation 2)."""
+    """What a training job's step gets before its SLURM time limit (--signal=TERM@300): SIGTERM, here to the job's
+    session, which holds torchelastic's launcher; it passes the signal on to the processes (each in a session of its
+    own; SLURM signals them directly too). The ranks agree to stop after the same step, save it and exit; the job's
+    retry resumes there and ends where one process ends (DDP, 2 processes, accumulation 2)."""
     out, steps = tmp_path / "sft", 300
     args = [*sft_args(tiny, out, steps), "--micro-batch-size", 2, "--checkpoint-every", 20]
     latest = tmp_path / ".sft.resume" / "latest.json"

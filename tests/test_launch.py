@@ -20,13 +20,15 @@ REPO = Path(__file__).resolve().parents[1]
 DDP = "config/accelerate/ddp.yaml"
 
 
-def launch_env(**extra: str) -> dict[str, str]:
-    """The machine's own slot directory (no SALSA_SLOT_DIR), as for real jobs: launches of other test files
-    running at the same time (tests/test_distributed.py) then never pick the same rendezvous port."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SLURM_") and k not in ("CUDA_VISIBLE_DEVICES", "SALSA_SLOT_DIR")}
+def launch_env(slots: Path, **extra: str) -> dict[str, str]:
+    """GPU locks of the test's fake GPUs in `slots` (SALSA_SLOT_DIR), so they never wait on another run's; the
+    rendezvous ports in the machine's own directory, shared with every other launch (tests/test_distributed.py's
+    too), so two launches running at once never pick the same port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")
+           and k not in ("CUDA_VISIBLE_DEVICES", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "SALSA_GPU_COUNT")}
     env.update(PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "helpers"), str(REPO / "src")]),
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]]), OMP_NUM_THREADS="1", **extra)
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]]), OMP_NUM_THREADS="1",
+               SALSA_SLOT_DIR=str(slots), **extra)
     return env
 
 
@@ -41,7 +43,7 @@ def records(directory: Path) -> list[dict]:
 
 def test_workstation_jobs_get_their_own_gpus_and_ports(tmp_path):
     """Three 2-GPU jobs on a 4-GPU machine: two run at once on disjoint GPUs and ports, the third waits."""
-    env = launch_env(SALSA_GPU_COUNT="4")
+    env = launch_env(tmp_path / "slots", SALSA_GPU_COUNT="4")
     procs = []
     for job in range(3):
         (tmp_path / f"job{job}").mkdir()
@@ -80,7 +82,7 @@ def test_workstation_jobs_get_their_own_gpus_and_ports(tmp_path):
 
 
 def test_one_gpu_job_runs_one_process_on_its_slot_and_too_many_gpus_is_one_line(tmp_path):
-    env = launch_env(CUDA_VISIBLE_DEVICES="5,7")   # the user lends GPUs 5 and 7 only
+    env = launch_env(tmp_path / "slots", CUDA_VISIBLE_DEVICES="5,7")   # the user lends GPUs 5 and 7 only
     (tmp_path / "rec").mkdir()
     proc = launch(["--gpus", "1", "--", "launch_probe", "--record", str(tmp_path / "rec")], env, tmp_path / "a.log")
     assert proc.wait(timeout=60) == 0, (tmp_path / "a.log").read_text()
@@ -112,11 +114,11 @@ def test_two_machines_on_localhost_equal_one_machine_of_the_same_world_size(tmp_
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     single = launch(["--gpus", "2", "--accelerate-config", DDP, "--", "launch_probe", "--record", str(one),
-                     "--train"], launch_env(), tmp_path / "one.log")
+                     "--train"], launch_env(tmp_path / "slots"), tmp_path / "one.log")
     assert single.wait(timeout=180) == 0, (tmp_path / "one.log").read_text()[-2000:]
     nodes = [launch(["--gpus", "1", "--nodes", "2", "--node-task", "--accelerate-config", DDP, "--",
                      "launch_probe", "--record", str(two), "--train"],
-                    launch_env(SLURM_JOB_ID="4242", SLURM_NODEID=str(rank),
+                    launch_env(tmp_path / "slots", SLURM_JOB_ID="4242", SLURM_NODEID=str(rank),
                                SLURM_STEP_NODELIST="127.0.0.1"), tmp_path / f"node{rank}.log") for rank in (0, 1)]
     for rank, node in enumerate(nodes):
         assert node.wait(timeout=180) == 0, (tmp_path / f"node{rank}.log").read_text()[-2000:]
@@ -127,7 +129,7 @@ def test_two_machines_on_localhost_equal_one_machine_of_the_same_world_size(tmp_
 
 
 def test_multi_node_outside_slurm_is_refused_in_one_line(tmp_path):
-    proc = launch(["--gpus", "8", "--nodes", "2", "--", "launch_probe", "--record", "x"], launch_env(),
+    proc = launch(["--gpus", "8", "--nodes", "2", "--", "launch_probe", "--record", "x"], launch_env(tmp_path),
                   tmp_path / "log")
     assert proc.wait(timeout=60) == 1
     assert (tmp_path / "log").read_text().strip().splitlines() == [
@@ -137,7 +139,7 @@ def test_multi_node_outside_slurm_is_refused_in_one_line(tmp_path):
 
 def run_launch(tmp_path: Path, attempt: int, command: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "salsa.launch", "--gpus", "0", "--output", str(tmp_path / "soup"),
-                           "--attempt", str(attempt), "--", *command], cwd=REPO, env=launch_env(),
+                           "--attempt", str(attempt), "--", *command], cwd=REPO, env=launch_env(tmp_path / "slots"),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -177,7 +179,7 @@ def test_the_workstation_profile_runs_two_one_gpu_jobs_on_two_gpus(tmp_path):
     proc = subprocess.run([*command, "-d", str(tmp_path), "--profile", str(REPO / "profiles" / "local-gpu"),
                            "--cores", "2", "--resources", "gpu=2", "--configfile", DEFAULT, TINY, str(overlay), "--",
                            "results/tiny/sft/seed1", "results/tiny/sft/seed2"], cwd=REPO, capture_output=True,
-                          text=True, timeout=900, env=launch_env(SALSA_GPU_COUNT="2"))
+                          text=True, timeout=900, env=launch_env(tmp_path / "slots", SALSA_GPU_COUNT="2"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     given = [(tmp_path / f"results/tiny/logs/sft/seed{s}.log").read_text().splitlines()[0] for s in (1, 2)]
     assert sorted(given) == ["salsa.launch: GPUs 0", "salsa.launch: GPUs 1"], given
@@ -196,3 +198,19 @@ def test_a_port_another_program_listens_on_is_skipped(tmp_path):
         port = launch.take_port(tmp_path)
         assert port != first and launch.port_is_free(port)
         assert not launch.port_is_free(first)
+
+
+def test_ports_are_locked_for_the_whole_machine_whatever_gpu_pool_salsa_slot_dir_names(tmp_path, monkeypatch):
+    """Two launches with their own GPU pools (SALSA_SLOT_DIR) still never take the same rendezvous port."""
+    from salsa import launch
+
+    held = next(k for k in range(launch.PORT_SLOTS) if launch.port_is_free(launch.PORT_BASE + k)
+                and (fd := launch._try_lock(launch.machine_slot_dir() / f"port-{k}.lock")) is not None)
+    try:   # the first free port slot, held as a running job of another pool holds it
+        monkeypatch.setenv("SALSA_SLOT_DIR", str(tmp_path / "pool"))
+        args, command = launch.parse(["--gpus", "0", "--processes", "2", "--accelerate-config", DDP, "--",
+                                      "salsa.sft"])
+        where = launch.placement(args, command)[2]
+        assert where.startswith("port ") and where != f"port {launch.PORT_BASE + held}", where
+    finally:
+        os.close(fd)

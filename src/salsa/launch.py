@@ -23,9 +23,9 @@ The rules call every GPU-capable stage through this module (rules/jobs.smk: laun
   (`.<name>.stage_error`, through SALSA_STAGE_ERROR_FILE, read by artifacts.run_main); a retry
   of the same job (`--attempt` > 1) then fails at once with that line instead of running again.
 
-Locks are `fcntl.flock`s on files in SALSA_SLOT_DIR (default: <tmp>/salsa-slots-<user>); they are
-inherited by the exec'd stage and released by the kernel when the job's processes end, however
-they end.
+Locks are `fcntl.flock`s on files in <tmp>/salsa-slots-<user> (GPU locks in SALSA_SLOT_DIR instead when
+it is set; port locks always there, as ports are the machine's); they are inherited by the exec'd stage
+and released by the kernel when the job's processes end, however they end.
 """
 
 from __future__ import annotations
@@ -84,9 +84,15 @@ def error_marker(output: str | None) -> Path | None:
     return path.parent / f".{path.name}.stage_error"
 
 
+def machine_slot_dir() -> Path:
+    path = Path(tempfile.gettempdir()) / f"salsa-slots-{getpass.getuser()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def slot_dir() -> Path:
-    default = Path(tempfile.gettempdir()) / f"salsa-slots-{getpass.getuser()}"
-    path = Path(os.environ.get("SALSA_SLOT_DIR") or default)
+    """Where GPU locks live: SALSA_SLOT_DIR (e.g. a pool shared with another user), else the machine's."""
+    path = Path(os.environ.get("SALSA_SLOT_DIR") or machine_slot_dir())
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -231,15 +237,15 @@ def placement(args: argparse.Namespace, command: list[str]) -> tuple[list[str], 
             own.append(f"--output={args.output}")
         argv = [*srun, sys.executable, "-m", "salsa.launch", *own, "--", *command]
         return argv, env, f"{args.nodes} nodes x {args.gpus} GPUs through srun"
-    directory = slot_dir()
     where = []
     pool = gpu_pool() if args.gpus > 0 and not in_slurm else []
     if pool:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(take_gpus(args.gpus, pool, directory))
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(take_gpus(args.gpus, pool, slot_dir()))
         where.append(f"GPUs {env['CUDA_VISIBLE_DEVICES']}")
     elif args.gpus > 0 and not in_slurm:   # CPU rehearsals of GPU overlays: the processes, without GPUs
         where.append(f"no GPU on this machine: {args.processes or args.gpus} process(es) on CPU")
-    port = take_port(directory) if (args.processes or args.gpus) > 1 else PORT_BASE
+    # a port is the machine's whatever pool SALSA_SLOT_DIR names: every launch of this user locks it in one place
+    port = take_port(machine_slot_dir()) if (args.processes or args.gpus) > 1 else PORT_BASE
     if (args.processes or args.gpus) > 1:
         where.append(f"port {port}")
     argv = accelerate_command(args, command, port)

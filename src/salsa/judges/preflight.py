@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
                                                       "models, max_questions, cost")
     parser.add_argument("--out", help="marker file written when every judge answered (the bill); none: check only")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per probe request")
+    parser.add_argument("--checked-on", choices=("snakemake-host", "cluster"), default="snakemake-host",
+                        help="where this check runs, recorded in --out (rules/jobs.smk: a run that judges on the "
+                             "cluster starts its GPU jobs only after a check made there)")
     args = parser.parse_args(argv)
     try:
         plan = json.loads(args.plan)
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         judges = [{"benchmark": b.benchmark, "judge": b.judge, "models": b.models, "calls": b.calls,
                    "input_tokens": b.input_tokens, "output_tokens": b.output_tokens,
                    "cost_usd": None if b.cost is None else math.floor(b.cost * 100 + 0.5) / 100} for b in bills]
-        json.dump({"plan": plan, "judges": judges}, handle, indent=1)
+        json.dump({"plan": plan, "checked_on": args.checked_on, "judges": judges}, handle, indent=1)
 
 
 if __name__ == "__main__":
