@@ -1,5 +1,5 @@
 # How jobs run: resources per stage, the launcher (salsa.launch), conda environments, and the API judges'
-# preflight gate that every GPU job waits for. Included right after common.smk: the rules call these at parse time.
+# check before any GPU job (onstart). Included right after common.smk: the rules call these at parse time.
 
 
 def resources_for(stage, key, default=None):
