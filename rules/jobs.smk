@@ -223,8 +223,7 @@ def require_checked_judges_on_record(plan, pending):
     else:
         print(f"judge check before {', '.join(pending)}: answered on the cluster ({marker})", flush=True)
         return
-    why = ("resources.bench_judge.local: false"
-           if config.get("resources", {}).get("bench_judge", {}).get("local") is False
+    why = ("resources.bench_judge.local: false" if judges_local_setting() is False
            else "a judge that loads a model or asks for GPUs sends every judge there; local: true keeps them here")
     # --forcerun: with `--rerun-triggers mtime` or lost .snakemake metadata the target alone may find nothing to do
     forced = "" if state == "does not exist" else " --forcerun judge_preflight"
@@ -235,17 +234,22 @@ def require_checked_judges_on_record(plan, pending):
 def judges_answer_here():
     """Under the local executor every job, the judges' too, runs on this machine, so onstart asks the judges itself
     even when a judge that loads a model keeps them off a login node; `local: false` still sends them elsewhere."""
-    explicit = config.get("resources", {}).get("bench_judge", {}).get("local")
-    return workflow.local_exec and explicit is not False
+    return workflow.local_exec and judges_local_setting() is not False
+
+
+def judges_local_setting():
+    """resources.bench_judge.local as the config says it: True, False, or None (unset)."""
+    return config.get("resources", {}).get("bench_judge", {}).get("local")
 
 
 def judge_runs_locally():
     """API judges run where Snakemake runs (a login node has the key and the network); resources.bench_judge.local
     false sends them to the cluster. Judges that load a model (reward, local) or ask for GPUs go to the cluster
     unless `local: true`: a login node is no place for a 7B forward pass. (One rule, so one place for all.)"""
-    own = config.get("resources", {}).get("bench_judge", {})
+    if judges_local_setting() is not None:
+        return bool(judges_local_setting())
     light = all(benchmark_setting(b, "judge") in ("openai", "gold") for b in enabled_benchmarks())
-    return bool(own.get("local", light and int(resources_for("bench_judge", "gpus", 0)) == 0))
+    return light and int(resources_for("bench_judge", "gpus", 0)) == 0
 
 
 def api_requests(benchmark):

@@ -129,7 +129,7 @@ def test_two_machines_on_localhost_equal_one_machine_of_the_same_world_size(tmp_
 
 
 def test_multi_node_outside_slurm_is_refused_in_one_line(tmp_path):
-    proc = launch(["--gpus", "8", "--nodes", "2", "--", "launch_probe", "--record", "x"], launch_env(tmp_path),
+    proc = launch(["--gpus", "8", "--nodes", "2", "--", "launch_probe", "--record", "x"], launch_env(tmp_path / "slots"),
                   tmp_path / "log")
     assert proc.wait(timeout=60) == 1
     assert (tmp_path / "log").read_text().strip().splitlines() == [

@@ -92,7 +92,9 @@ def machine_slot_dir() -> Path:
 
 def slot_dir() -> Path:
     """Where GPU locks live: SALSA_SLOT_DIR (e.g. a pool shared with another user), else the machine's."""
-    path = Path(os.environ.get("SALSA_SLOT_DIR") or machine_slot_dir())
+    if not os.environ.get("SALSA_SLOT_DIR"):
+        return machine_slot_dir()
+    path = Path(os.environ["SALSA_SLOT_DIR"])
     path.mkdir(parents=True, exist_ok=True)
     return path
 
