@@ -243,7 +243,8 @@ def set_threads(threads: int | None) -> None:
 
 
 def run_main(main_fn, argv: list[str] | None = None) -> int:
-    """Run a stage's main, turning StageError into a one-line message and exit 1 (recorded for salsa.launch)."""
+    """Run a stage's main, turning StageError into a one-line message and exit 1 (recorded for salsa.launch).
+    A process of a multi-process stage exits here (salsa.distributed.end_process)."""
     try:
         code = main_fn(argv)
     except StageError as err:
@@ -252,5 +253,7 @@ def run_main(main_fn, argv: list[str] | None = None) -> int:
         if marker:   # salsa.launch: a retry of this job fails at once with the same line instead of rerunning
             with contextlib.suppress(OSError):
                 Path(marker).write_text(f"error: {err}\n")
-        return 1
-    return code if type(code) is int else 0  # a main may report a verdict (salsa pin: 1 = not pinned)
+        code = 1
+    code = code if type(code) is int else 0  # a main may report a verdict (salsa pin: 1 = not pinned)
+    distributed = sys.modules.get("salsa.distributed")  # not imported: this process joined no group
+    return distributed.end_process(code) if distributed else code

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import resource
 import sys
@@ -193,15 +194,39 @@ def gather(value: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).to(value.device)
 
 
+_group_destroyed = False   # release_workers tore the group down; its native threads may still be alive
+
+
 def release_workers() -> bool:
     """End a stage's collective part: all processes meet, the process group is torn down, and only the
     main process goes on (to evaluate and save alone, without the others waiting on a timeout).
     Returns whether this process goes on."""
+    global _group_destroyed
     main = is_main()
     if dist_ready() and world_size() > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        _group_destroyed = True
     return main
+
+
+def end_process(code: int) -> int:
+    """Leave a process that joined a process group without tearing the interpreter down.
+
+    destroy_process_group does not free a group that DeepSpeed or accelerate still hold (ZeRO-3 keeps it
+    on every parameter), so gloo's run-loop threads outlive it. Should native code re-enter Python while
+    the interpreter is finalising, the process aborts ("terminate called without an active exception",
+    exit -6) and a job whose files are all written fails. Stages close their files before returning, so
+    such a process flushes its streams and exits at once. Returns ``code`` in a process that never joined
+    a group (a single-process run, a stage called inside a test)."""
+    if not (dist_ready() or _group_destroyed):
+        return code
+    if dist_ready() and code == 0:   # every rank got here, so the collective teardown cannot hang
+        torch.distributed.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # --- models ---------------------------------------------------------------------------
