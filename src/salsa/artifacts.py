@@ -254,6 +254,10 @@ def run_main(main_fn, argv: list[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 Path(marker).write_text(f"error: {err}\n")
         code = 1
+    except SystemExit as stop:   # a stop signal's checkpoint (training.PREEMPTED_EXIT_CODE), argparse's refusal
+        if stop.code is not None and type(stop.code) is not int:
+            raise
+        code = stop.code or 0
     code = code if type(code) is int else 0  # a main may report a verdict (salsa pin: 1 = not pinned)
     distributed = sys.modules.get("salsa.distributed")  # not imported: this process joined no group
     return distributed.end_process(code) if distributed else code
