@@ -217,11 +217,12 @@ def end_process(code: int) -> int:
     on every parameter), so gloo's run-loop threads outlive it. Should native code re-enter Python while
     the interpreter is finalising, the process aborts ("terminate called without an active exception",
     exit -6) and a job whose files are all written fails. Stages close their files before returning, so
-    such a process flushes its streams and exits at once. Returns ``code`` in a process that never joined
-    a group (a single-process run, a stage called inside a test)."""
-    if not (dist_ready() or _group_destroyed):
+    such a process flushes its streams and exits at once. Returns ``code`` in a process that never had a
+    peer (a single-process run, a stage called inside a test)."""
+    joined = dist_ready() and world_size() > 1
+    if not (joined or _group_destroyed):
         return code
-    if dist_ready() and code == 0:   # every rank got here, so the collective teardown cannot hang
+    if joined and code == 0:   # every rank got here, so the collective teardown cannot hang
         torch.distributed.destroy_process_group()
     logging.shutdown()
     sys.stdout.flush()
