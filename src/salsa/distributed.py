@@ -125,13 +125,17 @@ def _skip_deepspeed_cpu_shm_op() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def launched_as_one_of_several() -> bool:
+    """Started by a launcher (torchrun, accelerate, DeepSpeed) as one process of several."""
+    return int(os.environ.get("WORLD_SIZE") or 1) > 1
+
+
 def _data_parallel_on_cpu() -> bool:
     """Several processes without a GPU under a DDP config: accelerate must be told it is on CPUs, or it
     reports one process and wraps nothing while torch.distributed runs several (each would train alone).
     DeepSpeed finds its CPU accelerator by itself; the shipped configs stay GPU configs."""
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    return launched and not deepspeed and not torch.cuda.is_available()
+    return launched_as_one_of_several() and not deepspeed and not torch.cuda.is_available()
 
 
 def configure_batching(accelerator, batching: Batching, max_grad_norm: float = 1.0) -> None:
@@ -194,19 +198,14 @@ def gather(value: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).to(value.device)
 
 
-_group_destroyed = False   # release_workers tore the group down; its native threads may still be alive
-
-
 def release_workers() -> bool:
     """End a stage's collective part: all processes meet, the process group is torn down, and only the
     main process goes on (to evaluate and save alone, without the others waiting on a timeout).
     Returns whether this process goes on."""
-    global _group_destroyed
     main = is_main()
     if dist_ready() and world_size() > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-        _group_destroyed = True
     return main
 
 
@@ -217,10 +216,10 @@ def end_process(code: int) -> int:
     on every parameter), so gloo's run-loop threads outlive it. Should native code re-enter Python while
     the interpreter is finalising, the process aborts ("terminate called without an active exception",
     exit -6) and a job whose files are all written fails. Stages close their files before returning, so
-    such a process flushes its streams and exits at once. Returns ``code`` in a process that never had a
-    peer (a single-process run, a stage called inside a test)."""
-    joined = dist_ready() and world_size() > 1
-    if not (joined or _group_destroyed):
+    such a process flushes its streams and exits at once. Returns ``code`` in a process that was not started
+    as one of several: a single-process run, a stage called inside a test."""
+    joined = dist_ready() and world_size() > 1   # still up: SFT ends on a barrier, not release_workers
+    if not (joined or launched_as_one_of_several()):
         return code
     if joined and code == 0:   # every rank got here, so the collective teardown cannot hang
         torch.distributed.destroy_process_group()
